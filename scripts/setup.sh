@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Creates .venv with a CPU torch (pinned here only, never in requirements.txt),
+# the library's requirements, the test tools and the Fashion-MNIST data set.
+# Idempotent: a second run only checks.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+TORCH_PIN="${TORCH_PIN:-torch==2.13.0}"
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+py=.venv/bin/python
+if ! "$py" -c "import torch" 2>/dev/null; then
+  "$py" -m pip install -q "$TORCH_PIN"
+fi
+"$py" -m pip install -q -r requirements.txt -r requirements-dev.txt
+
+fmnist=/usr/share/datasets/fashion-mnist
+if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ] && [ ! -e "$fmnist/train-images-idx3-ubyte" ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""
+    [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+    $sudo_cmd apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  else
+    echo "warning: Fashion-MNIST not found at $fmnist and apt-get is unavailable" >&2
+  fi
+fi

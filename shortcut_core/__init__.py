@@ -1,0 +1,46 @@
+"""MIGM-Shortcut: faster masked image generation by learning the base model's feature dynamics.
+
+Standalone: imports torch, safetensors, numpy, pillow and einops, never ComfyUI.
+
+    from shortcut_core import load_migm, load_shortcut, generate
+    migm = load_migm("models/migm/fmnist_maskgit.safetensors")
+    shortcut = load_shortcut("models/migm_shortcut/fmnist_shortcut.safetensors", migm)
+    result = generate(migm, classes=[0, 7], steps=16, full_steps=5, shortcut=shortcut, seed=1)
+    result.images  # (B, H, W, 3) float in [0, 1]
+    print(result.stats.report())
+"""
+from __future__ import annotations
+
+from .checkpoints import CheckpointError, fingerprint, load_pickle_checkpoint, read_safetensors_metadata
+from .maskgit import MASKGIT_PRESETS, MaskGIT, MaskGITConfig
+from .maskgit_family import MaskGITMIGM
+from .migm import load_migm, load_shortcut, load_vqgan, save_migm, save_shortcut, save_vqgan
+from .sampler import GenerationResult, SamplingStats, StepInfo, sample
+from .schedules import REVEAL_MODES, full_step_indices, parse_full_steps, resolve_full_steps, reveal_counts
+from .shortcut import SHORTCUT_PRESETS, MaskGITShortcut, ShortcutConfig
+from .vqgan import VQGAN_PRESETS, VQGAN, VQGANConfig
+
+
+def generate(migm, classes=None, *, steps: int, full_steps=None, shortcut=None, seed: int = 0, cfg: float | None = None,
+             prompts=None, callback=None, decode: bool = True, **options) -> GenerationResult:
+    """Generate images; ``full_steps`` B (or a list) of ``steps`` N run the base model.
+
+    ``classes`` for class-conditional models (indices or names), ``prompts`` for
+    text-to-image ones. With ``shortcut=None`` (or B = N) this is plain sampling.
+    """
+    conditions = prompts if prompts is not None else classes
+    if conditions is None:
+        raise ValueError("pass classes=... for a class-conditional model or prompts=... for a text-to-image one")
+    if cfg is not None:
+        options["cfg"] = cfg
+    return sample(migm, conditions, steps=steps, full_steps=full_steps, shortcut=shortcut, seed=seed,
+                  callback=callback, decode=decode, **options)
+
+
+__all__ = [
+    "CheckpointError", "GenerationResult", "MASKGIT_PRESETS", "MaskGIT", "MaskGITConfig", "MaskGITMIGM",
+    "MaskGITShortcut", "REVEAL_MODES", "SHORTCUT_PRESETS", "SamplingStats", "ShortcutConfig", "StepInfo",
+    "VQGAN", "VQGANConfig", "VQGAN_PRESETS", "fingerprint", "full_step_indices", "generate", "load_migm",
+    "load_pickle_checkpoint", "load_shortcut", "load_vqgan", "parse_full_steps", "read_safetensors_metadata",
+    "resolve_full_steps", "reveal_counts", "sample", "save_migm", "save_shortcut", "save_vqgan",
+]

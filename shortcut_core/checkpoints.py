@@ -1,0 +1,196 @@
+"""Safe checkpoint reading and the self-describing safetensors format.
+
+Published weights come as pickles (``.pth``, Lightning ``.ckpt``). Unpickling can run
+arbitrary code, so pickles are read with torch's weights-only unpickler. Classes that
+training frameworks leave in their checkpoints (Lightning callbacks, argparse
+namespaces, OmegaConf configs) are mapped to an inert placeholder that stores its
+arguments and never runs anything; any other global (``os.system``, ``eval``, ...) is
+refused by name.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+META_PREFIX = "shortcut_core."
+FORMAT_VERSION = "1"
+
+# Module prefixes whose classes may appear as inert placeholders. These are the
+# bookkeeping objects of training frameworks; weights never live inside them.
+PLACEHOLDER_MODULES = (
+    "pytorch_lightning.",
+    "lightning.",
+    "lightning_fabric.",
+    "argparse",
+    "omegaconf.",
+    "taming.",
+    "typing",
+    "pathlib",
+    "__main__",
+)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used, with the path and the remedy in the message."""
+
+
+class InertObject:
+    """Stand-in for a class the loader will not import; records what it was given."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+        self.kwargs = kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __call__(self, *args, **kwargs):  # a placeholder used as a callable stays inert
+        return InertObject(*args, **kwargs)
+
+
+def _placeholder_for(qualified: str):
+    module, _, name = qualified.rpartition(".")
+    return type(name or "Placeholder", (InertObject,), {"__module__": module})
+
+
+def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a torch pickle without executing code. Returns the unpickled object."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    unsafe: list[str] = []
+    if zipfile.is_zipfile(path):
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    refused = [g for g in unsafe if not g.startswith(PLACEHOLDER_MODULES)]
+    if refused:
+        raise CheckpointError(
+            f"{path} refers to {', '.join(refused)}, which a weights file never needs; it was not loaded "
+            f"because unpickling it could run code. Get the file from a trusted source or as .safetensors."
+        )
+    allowed = [(_placeholder_for(g), g) for g in unsafe]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the weights-only unpickler names what it refused
+        raise CheckpointError(f"{path} could not be read safely as a torch checkpoint: {exc}") from exc
+
+
+def extract_state_dict(obj, path: str | os.PathLike, keys=("model_state_dict", "state_dict", "model")) -> dict:
+    """The tensor mapping inside a loaded checkpoint, with any DDP ``module.`` prefix removed."""
+    sd = obj
+    if isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for k in keys:
+            if k in obj and isinstance(obj[k], dict):
+                sd = obj[k]
+                break
+        else:
+            raise CheckpointError(
+                f"{path} holds no state dict (looked for {', '.join(keys)}; found keys {sorted(obj)[:10]})"
+            )
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path} does not hold a state dict but a {type(sd).__name__}")
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, kind: str, config: dict | None = None, **meta) -> None:
+    """Write tensors with ``shortcut_core.*`` metadata (plain JSON strings), atomically."""
+    path = Path(path)
+    metadata = {META_PREFIX + "format": FORMAT_VERSION, META_PREFIX + "kind": kind}
+    if config is not None:
+        metadata[META_PREFIX + "config"] = json.dumps(config, sort_keys=True)
+    for key, value in meta.items():
+        if value is not None:
+            metadata[META_PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict:
+    """The ``shortcut_core.*`` metadata of a file (prefix removed, JSON decoded where it parses)."""
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata() or {}
+    out = {}
+    for k, v in raw.items():
+        if k.startswith(META_PREFIX):
+            try:
+                out[k[len(META_PREFIX):]] = json.loads(v)
+            except json.JSONDecodeError:
+                out[k[len(META_PREFIX):]] = v
+    return out
+
+
+def load_safetensors(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file; clear error if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    try:
+        tensors = {}
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            for k in f.keys():
+                tensors[k] = f.get_tensor(k)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({exc}); re-download or re-convert it") from exc
+    return tensors, read_safetensors_metadata(path)
+
+
+def load_any_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:
+    """(state dict, metadata) from .safetensors or a torch pickle; metadata is {} for pickles."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    return extract_state_dict(load_pickle_checkpoint(path), path), {}
+
+
+def check_keys(module: torch.nn.Module, state_dict: dict, what: str, path) -> None:
+    """Load strictly, but say which keys are missing or unexpected instead of a wall of text."""
+    expected = set(module.state_dict())
+    got = set(state_dict)
+    missing, unexpected = sorted(expected - got), sorted(got - expected)
+    if missing or unexpected:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {show(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {show(unexpected)}")
+        raise CheckpointError(f"{path} is not a {what} checkpoint of this shape: " + "; ".join(parts))
+    for k, v in state_dict.items():
+        ref = module.state_dict()[k]
+        if ref.shape != v.shape:
+            raise CheckpointError(
+                f"{path}: tensor {k} has shape {tuple(v.shape)} but the {what} config needs {tuple(ref.shape)}"
+            )
+
+
+def fingerprint(state_dict: dict, config: dict) -> str:
+    """Short hash of a model's config and weights, stable across file formats.
+
+    Hashes every tensor's name, shape and up to 4096 evenly strided values (as float32),
+    so converting .pth -> .safetensors keeps the fingerprint while retrained weights change it.
+    """
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach()
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        flat = t.reshape(-1)
+        if flat.numel() > 4096:
+            flat = flat[:: flat.numel() // 4096][:4096]
+        h.update(flat.to("cpu", torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]

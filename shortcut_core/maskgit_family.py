@@ -1,0 +1,214 @@
+"""MaskGIT family adapter: class-conditional sampling with the MaskGIT loop.
+
+Guidance runs one batch of 2B (conditional half, then the "no class" half); each half
+carries its own feature, so the shortcut also runs on 2B rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+
+from .checkpoints import CheckpointError
+from .maskgit import MaskGIT
+from .schedules import reveal_counts
+from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
+
+
+@dataclass
+class MaskGITState:
+    classes: torch.Tensor  # (B,) requested class indices
+    tokens: torch.Tensor  # (B, grid*grid) current ids, mask_id where still masked
+    revealed_at: torch.Tensor  # (B, T) step that revealed each position, -1 never (class slot)
+    counts: list[int]  # tokens revealed per step
+    steps: int
+    cfg: float
+    sm_temp: float
+    r_temp: float
+    randomize: str
+    # Set by each reveal, read by the next shortcut step: (rows, n) each.
+    new_ids: torch.Tensor | None = None
+    new_positions: torch.Tensor | None = None
+    new_map: torch.Tensor | None = None
+    mask_ratio: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg != 0
+
+
+class MaskGITMIGM:
+    """A MaskGIT base model plus its VQGAN, driven by ``shortcut_core.sampler.sample``."""
+
+    family = "maskgit"
+
+    def __init__(self, model: MaskGIT, vqgan=None, *, name: str = "maskgit", class_names: Sequence[str] | None = None,
+                 fingerprint: str = "", info: dict | None = None):
+        self.model = model.eval()
+        self.vqgan = vqgan.eval() if vqgan is not None else None
+        self.name = name
+        self.config = model.config
+        self.class_names = list(class_names) if class_names else None
+        self.fingerprint = fingerprint
+        self.info = dict(info or {})
+
+    # -- housekeeping -------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.tok_emb.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.tok_emb.weight.dtype
+
+    def to(self, device=None, dtype=None) -> "MaskGITMIGM":
+        self.model.to(device=device, dtype=dtype)
+        if self.vqgan is not None:
+            self.vqgan.to(device=device)  # the decoder stays fp32: it is cheap and fp16 bands show
+        return self
+
+    def resolve_classes(self, classes, batch: int | None = None) -> torch.Tensor:
+        """Class indices or names -> (B,) long. A single class with ``batch`` repeats."""
+        n = self.config.num_classes
+        if isinstance(classes, (int, str)):
+            classes = [classes] * (batch or 1)
+        out = []
+        for c in classes:
+            if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
+                names = self.class_names or []
+                matches = [i for i, name in enumerate(names) if name.lower() == c.strip().lower()]
+                if not matches:
+                    raise ValueError(f"unknown class name {c!r} for {self.name}; known: {', '.join(names[:20])}")
+                out.append(matches[0])
+                continue
+            c = int(c)
+            if not 0 <= c < n:
+                raise ValueError(f"class {c} is outside 0..{n - 1} for {self.name}")
+            out.append(c)
+        if not out:
+            raise ValueError("no class given: pass at least one class index or name")
+        return torch.tensor(out, dtype=torch.long)
+
+    # -- sampler protocol ---------------------------------------------------------
+    def passes_per_full_step(self, state: MaskGITState) -> int:
+        return 1  # cond and uncond share one batched forward
+
+    def start(self, classes, *, steps: int, generator, cfg: float = 2.8, sm_temp: float = 1.0, r_temp: float = 7.0,
+              schedule: str = "arccos", randomize: str = "linear", batch: int | None = None) -> MaskGITState:
+        c = self.config
+        classes = self.resolve_classes(classes, batch).to(self.device)
+        B = classes.shape[0]
+        if randomize not in ("linear", "none"):
+            raise ValueError(f"randomize must be 'linear' or 'none', got {randomize!r}")
+        tokens = torch.full((B, c.num_image_tokens), c.mask_id, dtype=torch.long, device=self.device)
+        revealed_at = torch.full((B, c.seq_len), -1, dtype=torch.long, device=self.device)
+        return MaskGITState(
+            classes=classes, tokens=tokens, revealed_at=revealed_at,
+            counts=reveal_counts(c.num_image_tokens, steps, schedule), steps=steps,
+            cfg=float(cfg), sm_temp=float(sm_temp), r_temp=float(r_temp), randomize=randomize,
+        )
+
+    def base_features(self, state: MaskGITState) -> torch.Tensor:
+        tokens, classes = state.tokens, state.classes
+        if state.guided:
+            tokens = torch.cat([tokens, tokens])
+            classes = torch.cat([classes, torch.full_like(classes, self.config.null_class)])
+        return self.model.features(tokens, classes)
+
+    def shortcut_features(self, shortcut: MaskGITShortcut, feats: torch.Tensor, state: MaskGITState) -> torch.Tensor:
+        rows = feats.shape[0]
+        reps = rows // state.batch
+        return shortcut(
+            feats,
+            state.new_ids.repeat(reps, 1),
+            state.new_map.repeat(reps, 1),
+            state.mask_ratio.repeat(reps),
+            new_positions=state.new_positions.repeat(reps, 1),
+        )
+
+    def advance(self, state: MaskGITState, feats: torch.Tensor, step: int, generator) -> None:
+        c = self.config
+        B, N = state.batch, state.steps
+        masked = state.tokens == c.mask_id  # (B, Ni)
+        m = int(masked[0].sum())
+        n = min(state.counts[step], m)
+        if n == 0:
+            return
+        # Every row has the same number of masked positions, so this reshape is exact.
+        positions = masked.nonzero()[:, 1].reshape(B, m)
+        logits = self.model.logits(feats, positions.repeat(feats.shape[0] // B, 1)).float()
+        if state.guided:
+            cond, uncond = logits.chunk(2)
+            w = state.cfg * step / (N - 1) if N > 1 else 0.0
+            logits = (1 + w) * cond - w * uncond
+        log_p = torch.log_softmax(logits * state.sm_temp, dim=-1)  # (B, m, K)
+        sampled = (log_p + _gumbel(log_p.shape, generator, log_p.device)).argmax(-1)  # Gumbel-max sampling
+        conf = log_p.gather(-1, sampled[..., None])[..., 0]
+        if state.randomize == "linear" and state.r_temp:
+            ratio = step / (N - 1) if N > 1 else 1.0
+            conf = conf + state.r_temp * (1 - ratio) * _gumbel(conf.shape, generator, conf.device)
+        pick = conf.topk(n, dim=-1).indices.sort(dim=-1).values  # (B, n), increasing position
+        new_positions = positions.gather(1, pick)
+        new_ids = sampled.gather(1, pick)
+        state.tokens.scatter_(1, new_positions, new_ids)
+        state.revealed_at.scatter_(1, new_positions, step)
+        state.new_ids, state.new_positions = new_ids, new_positions
+        state.new_map = torch.zeros(B, c.seq_len, dtype=torch.bool, device=self.device).scatter_(1, new_positions, True)
+        state.mask_ratio = torch.full((B,), (m - n) / c.num_image_tokens, device=self.device)
+
+    def final_tokens(self, state: MaskGITState) -> torch.Tensor:
+        return state.tokens.reshape(state.batch, self.config.grid, self.config.grid)
+
+    def decode(self, state: MaskGITState) -> torch.Tensor:
+        return self.decode_tokens(self.final_tokens(state))
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, grid, grid) code ids -> (B, H, W, 3) float32 in [0, 1] on the CPU."""
+        if self.vqgan is None:
+            raise RuntimeError(f"{self.name} has no VQGAN decoder attached; load one with load_migm(..., vq_path=...)")
+        if (tokens == self.config.mask_id).any():
+            raise ValueError("cannot decode tokens that are still masked")
+        images = self.vqgan.decode(tokens.to(self.device))
+        images = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)
+        if images.shape[-1] == 1:
+            images = images.expand(-1, -1, -1, 3)
+        return images.contiguous().cpu()
+
+    # -- shortcuts ----------------------------------------------------------------
+    def build_shortcut(self, config: ShortcutConfig) -> MaskGITShortcut:
+        if config.family != self.family or config.dim != self.config.hidden:
+            raise CheckpointError(
+                f"shortcut expects {config.family} features of width {config.dim}, but MIGM {self.name!r} is "
+                f"{self.family} with width {self.config.hidden}; pick a shortcut trained for this model"
+            )
+        shortcut = MaskGITShortcut(config).to(self.device)
+        shortcut.bind_embeddings(self.model.tok_emb.weight, self.model.pos_emb)
+        return shortcut
+
+    def shortcut_config_from_dict(self, d: dict) -> ShortcutConfig:
+        return ShortcutConfig.from_dict(d)
+
+    def shortcut_config_from_state_dict(self, sd: dict) -> ShortcutConfig:
+        return infer_shortcut_config(sd)
+
+    def check_shortcut(self, shortcut) -> None:
+        if not isinstance(shortcut, MaskGITShortcut):
+            raise TypeError(f"MIGM {self.name!r} needs a MaskGIT shortcut, got {type(shortcut).__name__}")
+        if shortcut.wpe.shape[0] != self.config.seq_len or shortcut.wte.shape[0] != self.config.vocab_size:
+            raise ValueError(
+                f"shortcut is bound to embeddings of shape {tuple(shortcut.wte.shape)} / {tuple(shortcut.wpe.shape)} "
+                f"but MIGM {self.name!r} has vocab {self.config.vocab_size} and sequence {self.config.seq_len}; "
+                f"load it with load_shortcut(path, migm)"
+            )
+
+
+def _gumbel(shape, generator, device) -> torch.Tensor:
+    """Standard Gumbel noise drawn from the sampler's generator (same seed, same device, same result)."""
+    u = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
+    return -torch.log(-torch.log(u))

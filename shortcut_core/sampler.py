@@ -1,0 +1,135 @@
+"""One sampling loop for every MIGM family, plain or accelerated.
+
+The loop decides, step by step, whether the base model runs (a full step) or the
+shortcut predicts the feature (a shortcut step); the family adapter does everything
+model specific (see ``docs/DESIGN.md``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .schedules import resolve_full_steps
+
+
+@dataclass
+class SamplingStats:
+    steps: int
+    full_step_indices: list[int]
+    base_passes: int = 0  # base-model forward passes actually run
+    plain_base_passes: int = 0  # what plain sampling would have run
+    shortcut_steps: int = 0
+    seconds: float = 0.0  # sampling loop only (base, shortcut, head, sampling)
+    decode_seconds: float = 0.0  # tokens -> pixels
+    batch: int = 1
+
+    @property
+    def full_steps(self) -> int:
+        return len(self.full_step_indices)
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds / max(self.batch, 1)
+
+    @property
+    def pass_reduction(self) -> float:
+        return self.plain_base_passes / max(self.base_passes, 1)
+
+    def report(self) -> str:
+        """One line that proves what ran, e.g. for a log or a node's report output."""
+        return (
+            f"full {self.full_steps}/{self.steps}, shortcut {self.shortcut_steps}, "
+            f"base passes {self.base_passes} (plain: {self.plain_base_passes}), "
+            f"{self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
+            f"({self.seconds_per_image:.3f} s/image)"
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "full_steps": self.full_steps,
+            "full_step_indices": self.full_step_indices,
+            "shortcut_steps": self.shortcut_steps,
+            "base_passes": self.base_passes,
+            "plain_base_passes": self.plain_base_passes,
+            "seconds": self.seconds,
+            "seconds_per_image": self.seconds_per_image,
+            "decode_seconds": self.decode_seconds,
+            "batch": self.batch,
+        }
+
+
+@dataclass
+class StepInfo:
+    """What a per-step callback sees: raise from the callback to stop sampling."""
+
+    step: int
+    steps: int
+    full: bool
+    state: Any  # the family's sampling state, after this step's reveal
+    feats: torch.Tensor | Sequence[torch.Tensor]  # feature(s) computed at this step, before the reveal
+
+
+@dataclass
+class GenerationResult:
+    images: torch.Tensor | None  # (B, H, W, 3) float32 in [0, 1], on the CPU; None if decode=False
+    tokens: torch.Tensor  # final code ids, family layout (MaskGIT: (B, grid, grid))
+    stats: SamplingStats
+    extras: dict = field(default_factory=dict)
+
+
+def sample(
+    migm,
+    conditions,
+    *,
+    steps: int,
+    full_steps: int | str | Sequence[int] | None = None,
+    shortcut=None,
+    seed: int = 0,
+    callback: Callable[[StepInfo], None] | None = None,
+    decode: bool = True,
+    **options,
+) -> GenerationResult:
+    """Run ``steps`` sampling steps; only the steps in ``full_steps`` run the base model.
+
+    ``full_steps``: None (every step), an int B (placed as in the paper), or an explicit
+    list / "0,3,5" string. Without a shortcut every step is full whatever ``full_steps``
+    says, so "off" is exactly plain sampling. ``options`` go to the family (guidance,
+    temperatures, schedule ...).
+    """
+    full_list = resolve_full_steps(steps, full_steps)
+    if shortcut is None:
+        full_list = list(range(steps))
+    else:
+        migm.check_shortcut(shortcut)
+    full_set = set(full_list)
+    generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
+    state = migm.start(conditions, steps=steps, generator=generator, **options)
+    stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch)
+    stats.plain_base_passes = steps * migm.passes_per_full_step(state)
+
+    if migm.device.type == "cuda":
+        torch.cuda.synchronize(migm.device)
+    start = time.perf_counter()
+    feats = None
+    with torch.inference_mode():
+        for step in range(steps):
+            full = step in full_set
+            if full:
+                feats = migm.base_features(state)
+                stats.base_passes += migm.passes_per_full_step(state)
+            else:
+                feats = migm.shortcut_features(shortcut, feats, state)
+                stats.shortcut_steps += 1
+            migm.advance(state, feats, step, generator)
+            if callback is not None:
+                callback(StepInfo(step, steps, full, state, feats))
+        if migm.device.type == "cuda":
+            torch.cuda.synchronize(migm.device)
+        stats.seconds = time.perf_counter() - start
+        images = migm.decode(state) if decode else None
+    stats.decode_seconds = time.perf_counter() - start - stats.seconds
+    return GenerationResult(images=images, tokens=migm.final_tokens(state), stats=stats)

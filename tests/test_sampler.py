@@ -1,0 +1,100 @@
+"""The one sampler: plain and accelerated sampling on a tiny random model."""
+import pytest
+import torch
+
+from shortcut_core import generate
+from tests.tiny import tiny_migm, tiny_shortcut
+
+
+@pytest.fixture(scope="module")
+def migm():
+    return tiny_migm()
+
+
+@pytest.fixture(scope="module")
+def shortcut(migm):
+    return tiny_shortcut(migm)
+
+
+def test_b_equals_n_is_plain_sampling(migm, shortcut):
+    plain = generate(migm, [0, 1, 2], steps=8, seed=11)
+    same = generate(migm, [0, 1, 2], steps=8, full_steps=8, shortcut=shortcut, seed=11)
+    off = generate(migm, [0, 1, 2], steps=8, full_steps=3, shortcut=None, seed=11)
+    assert torch.equal(plain.tokens, same.tokens) and torch.equal(plain.tokens, off.tokens)
+    assert same.stats.shortcut_steps == 0 and same.stats.base_passes == 8
+
+
+def test_shortcut_run_stats_and_images(migm, shortcut):
+    res = generate(migm, ["a", 1, 2, 0], steps=8, full_steps=3, shortcut=shortcut, seed=2)
+    s = res.stats
+    assert s.full_step_indices == [0, 3, 5] and s.shortcut_steps == 5
+    assert s.base_passes == 3 and s.plain_base_passes == 8
+    assert "full 3/8, shortcut 5, base passes 3 (plain: 8)" in s.report()
+    assert res.tokens.shape == (4, 4, 4) and int(res.tokens.max()) < 16  # no [MASK] left
+    assert res.images.shape == (4, 16, 16, 3) and res.images.dtype == torch.float32
+    assert 0.0 <= float(res.images.min()) and float(res.images.max()) <= 1.0
+    plain = generate(migm, ["a", 1, 2, 0], steps=8, seed=2)
+    assert not torch.equal(plain.tokens, res.tokens)  # the shortcut really replaced base passes
+
+
+def test_seed_determinism(migm, shortcut):
+    a = generate(migm, [0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=5, decode=False)
+    b = generate(migm, [0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=5, decode=False)
+    c = generate(migm, [0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=6, decode=False)
+    assert torch.equal(a.tokens, b.tokens) and not torch.equal(a.tokens, c.tokens)
+    assert a.images is None
+
+
+def test_callback_sees_every_reveal(migm, shortcut):
+    seen = []
+
+    def cb(info):
+        st = info.state
+        seen.append((info.step, info.full, tuple(info.feats.shape), int((st.revealed_at == info.step).sum())))
+
+    generate(migm, [0, 1], steps=5, full_steps="0,2", shortcut=shortcut, seed=1, cfg=2.0, callback=cb)
+    counts = [1, 2, 3, 4, 6]  # arccos for 16 tokens in 5 steps, times batch 2 below
+    from shortcut_core import reveal_counts
+    counts = reveal_counts(16, 5, "arccos")
+    assert [s[0] for s in seen] == [0, 1, 2, 3, 4]
+    assert [s[1] for s in seen] == [True, False, True, False, False]
+    assert all(s[2] == (4, 17, 32) for s in seen)  # guidance: cond + uncond rows
+    assert [s[3] for s in seen] == [2 * c for c in counts]
+    seen.clear()
+    generate(migm, [0, 1], steps=5, seed=1, cfg=0.0, callback=cb)
+    assert all(s[2] == (2, 17, 32) for s in seen)  # no guidance: one branch
+
+
+def test_interrupt_leaves_no_state(migm, shortcut):
+    class Stop(Exception):
+        pass
+
+    def cb(info):
+        if info.step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate(migm, [0], steps=6, full_steps=2, shortcut=shortcut, seed=3, callback=cb)
+    a = generate(migm, [0], steps=6, full_steps=2, shortcut=shortcut, seed=3, decode=False)
+    b = generate(migm, [0], steps=6, full_steps=2, shortcut=shortcut, seed=3, decode=False)
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_bad_inputs_name_the_problem(migm, shortcut):
+    with pytest.raises(ValueError, match="full steps B=9 must be between 1 and the number of steps N=8"):
+        generate(migm, [0], steps=8, full_steps=9, shortcut=shortcut)
+    with pytest.raises(ValueError, match="class 7 is outside 0..2"):
+        generate(migm, [7], steps=4)
+    with pytest.raises(ValueError, match="unknown class name 'zebra'"):
+        generate(migm, ["zebra"], steps=4)
+    with pytest.raises(ValueError, match="at most 16"):
+        generate(migm, [0], steps=17)
+    with pytest.raises(ValueError, match="must start at 0"):
+        generate(migm, [0], steps=8, full_steps="2,4", shortcut=shortcut)
+    with pytest.raises(ValueError, match="pass classes"):
+        generate(migm, steps=4)
+
+
+def test_single_class_with_batch(migm):
+    res = generate(migm, 1, steps=4, seed=0, batch=3, decode=False)
+    assert res.tokens.shape[0] == 3
