@@ -12,6 +12,7 @@ import torch
 
 from .checkpoints import CheckpointError
 from .maskgit import MaskGIT
+from .sampler import gumbel_noise
 from .schedules import reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
@@ -148,11 +149,11 @@ class MaskGITMIGM:
             w = state.cfg * step / (N - 1) if N > 1 else 0.0
             logits = (1 + w) * cond - w * uncond
         log_p = torch.log_softmax(logits * state.sm_temp, dim=-1)  # (B, m, K)
-        sampled = (log_p + _gumbel(log_p.shape, generator, log_p.device)).argmax(-1)  # Gumbel-max sampling
+        sampled = (log_p + gumbel_noise(log_p.shape, generator, log_p.device)).argmax(-1)  # Gumbel-max sampling
         conf = log_p.gather(-1, sampled[..., None])[..., 0]
         if state.randomize == "linear" and state.r_temp:
             ratio = step / (N - 1) if N > 1 else 1.0
-            conf = conf + state.r_temp * (1 - ratio) * _gumbel(conf.shape, generator, conf.device)
+            conf = conf + state.r_temp * (1 - ratio) * gumbel_noise(conf.shape, generator, conf.device)
         pick = conf.topk(n, dim=-1).indices.sort(dim=-1).values  # (B, n), increasing position
         new_positions = positions.gather(1, pick)
         new_ids = sampled.gather(1, pick)
@@ -206,9 +207,3 @@ class MaskGITMIGM:
                 f"but MIGM {self.name!r} has vocab {self.config.vocab_size} and sequence {self.config.seq_len}; "
                 f"load it with load_shortcut(path, migm)"
             )
-
-
-def _gumbel(shape, generator, device) -> torch.Tensor:
-    """Standard Gumbel noise drawn from the sampler's generator (same seed, same device, same result)."""
-    u = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
-    return -torch.log(-torch.log(u))

@@ -15,6 +15,15 @@ import torch
 from .schedules import resolve_full_steps
 
 
+def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
+    """Standard Gumbel noise from the sampler's generator (same seed, same device, same result).
+
+    Adding it to log-probabilities and taking the argmax samples from the softmax.
+    """
+    u = torch.rand(shape, generator=generator, device=device).clamp_(min=1e-20)
+    return -torch.log(-torch.log(u))
+
+
 @dataclass
 class SamplingStats:
     steps: int

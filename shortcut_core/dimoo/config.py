@@ -87,7 +87,8 @@ class LLaDAConfig:
         d_model, n_heads = int(need("d_model")), int(need("n_heads"))
         n_kv = hf.get("n_kv_heads")
         if hf.get("multi_query_attention") or (n_kv is not None and int(n_kv) != n_heads):
-            raise ValueError(f"grouped/multi-query attention (n_kv_heads={n_kv}) is not supported; DiMOO uses {n_heads}")
+            raise ValueError(f"grouped/multi-query attention (n_kv_heads={n_kv}) is not supported; "
+                             f"DiMOO uses {n_heads} key/value heads")
         problems = []
         if str(hf.get("activation_type", "silu")) != "silu":
             problems.append(f"activation_type={hf.get('activation_type')!r} (expected 'silu' with up_proj)")

@@ -17,6 +17,9 @@ from .config import LLaDAConfig
 
 SYSTEM_PROMPT = "Generate an image according to the text prompt."
 TOKEN_SIDE = 16  # pixels per image token along each side (the VQ's downsampling)
+# The unconditional prefix as the published tokenizer encodes it (no BOS), as the
+# reference's shortcut training code spells it out: 14 ids, 9 of them the system prompt.
+REFERENCE_UNCOND_IDS = (126332, 36289, 289, 3972, 4631, 297, 268, 3019, 12166, 13, 126333, 126334, 126351, 126335)
 
 
 def token_grid(height: int, width: int, side: int = TOKEN_SIDE) -> tuple[int, int]:

@@ -124,7 +124,7 @@ class SpatialSelfAttention(nn.Module):
 class MidBlock(nn.Module):
     def __init__(self, channels: int, groups: int, add_attention: bool):
         super().__init__()
-        self.resnets = nn.ModuleList([ResnetBlock2D(channels, channels, groups), ResnetBlock2D(channels, channels, groups)])
+        self.resnets = nn.ModuleList(ResnetBlock2D(channels, channels, groups) for _ in range(2))
         self.attentions = nn.ModuleList([SpatialSelfAttention(channels, groups)]) if add_attention else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,13 +211,12 @@ class VQDecoder(nn.Module):
         return self.decode(ids)
 
 
-def rename_legacy_attention_keys(sd: dict) -> dict:
+LEGACY_ATTENTION_NAMES = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
+
+
+def legacy_attention_key(key: str) -> str:
     """Old diffusers files name the mid-block attention query/key/value/proj_attn."""
-    renames = {".query.": ".to_q.", ".key.": ".to_k.", ".value.": ".to_v.", ".proj_attn.": ".to_out.0."}
-    out = {}
-    for k, v in sd.items():
-        if ".attentions." in k:
-            for old, new in renames.items():
-                k = k.replace(old, new)
-        out[k] = v
-    return out
+    if ".attentions." in key:
+        for old, new in LEGACY_ATTENTION_NAMES.items():
+            key = key.replace(old, new)
+    return key
