@@ -6,16 +6,17 @@ Ids: codes ``0..codebook-1``, ``[MASK] = codebook``, class ``c -> codebook + 1 +
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .configs import JsonConfig
 from .layers import Attention, FeedForward, PreNorm
 
 
 @dataclass(frozen=True)
-class MaskGITConfig:
+class MaskGITConfig(JsonConfig):
     hidden: int = 768
     depth: int = 24
     heads: int = 16
@@ -46,16 +47,7 @@ class MaskGITConfig:
     def vocab_size(self) -> int:
         return self.codebook_size + 1 + self.num_classes + 1
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "MaskGITConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown MaskGIT config fields {sorted(unknown)}")
-        return cls(**d)
 
 
 MASKGIT_PRESETS = {

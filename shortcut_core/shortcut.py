@@ -6,16 +6,17 @@ both taken from the base model (frozen, not stored in the shortcut file).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from .configs import JsonConfig
 from .layers import Attention, FeedForward, PreNorm, TimestepEmbedder
 
 
 @dataclass(frozen=True)
-class ShortcutConfig:
+class ShortcutConfig(JsonConfig):
     family: str = "maskgit"
     dim: int = 768  # base model feature width
     width: int = 384  # bottleneck width: dim / bottleneck_ratio
@@ -25,16 +26,7 @@ class ShortcutConfig:
     embed_t: bool = True
     dropout: float = 0.0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ShortcutConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown shortcut config fields {sorted(unknown)}")
-        return cls(**d)
 
 
 def infer_shortcut_config(sd: dict) -> ShortcutConfig:

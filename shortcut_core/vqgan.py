@@ -25,7 +25,6 @@ a multiple of 32, exactly as in taming.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -35,6 +34,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from .configs import JsonConfig
+
 Losses = dict[str, torch.Tensor]  # {"codebook", "commitment", "total"}
 
 
@@ -42,7 +43,7 @@ Losses = dict[str, torch.Tensor]  # {"codebook", "commitment", "total"}
 
 
 @dataclass(frozen=True)
-class VQGANConfig:
+class VQGANConfig(JsonConfig):
     """Everything that fixes the architecture: taming's `embed_dim`, `n_embed` and `ddconfig`."""
 
     embed_dim: int  # width of one codebook vector
@@ -97,26 +98,7 @@ class VQGANConfig:
     def level_has_attention(self, level: int) -> bool:
         return self.resolution // 2 ** level in self.attn_resolutions
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types (lists, not tuples), e.g. for safetensors metadata."""
-        d = dataclasses.asdict(self)
-        d["ch_mult"] = list(self.ch_mult)
-        d["attn_resolutions"] = list(self.attn_resolutions)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> VQGANConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown VQGANConfig fields {unknown}; "
-                             f"expected some of {sorted(known)}")
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING}
-        missing = sorted(required - set(d))
-        if missing:
-            raise ValueError(f"VQGANConfig is missing fields {missing}")
-        return cls(**d)
 
 
 def _is_int(value: Any) -> bool:

@@ -13,7 +13,7 @@ from shortcut_core import (
 from shortcut_core.convert import main as convert_main
 from shortcut_core.maskgit import MASKGIT_PRESETS, MaskGIT
 from shortcut_core.migm import infer_maskgit_config
-from tests.tiny import TINY_MASKGIT, TINY_SHORTCUT, TINY_VQGAN, tiny_migm, tiny_shortcut
+from tests.tiny import TINY_MASKGIT, TINY_VQGAN, tiny_migm, tiny_shortcut
 
 TAMING_YAML = """model:
   base_learning_rate: 4.5e-06

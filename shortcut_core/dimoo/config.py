@@ -6,19 +6,13 @@ through JSON, so a config can travel in safetensors metadata next to the weights
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, replace
 
-
-def _from_dict(cls, d: dict, what: str):
-    names = {f.name for f in fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-        raise ValueError(f"unknown {what} config fields {sorted(unknown)}")
-    return cls(**d)
+from ..configs import JsonConfig
 
 
 @dataclass(frozen=True)
-class LLaDAConfig:
+class LLaDAConfig(JsonConfig):
     """A bidirectional LLaDA transformer with Lumina-DiMOO's token layout.
 
     Blocks are Llama-style: RMSNorm, RoPE (half rotation), SwiGLU feed-forward
@@ -65,12 +59,7 @@ class LLaDAConfig:
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "LLaDAConfig":
-        return _from_dict(cls, d, "LLaDA")
 
     @classmethod
     def from_hf_config(cls, hf: dict, vocab_size: int | None = None) -> "LLaDAConfig":
@@ -119,7 +108,7 @@ class LLaDAConfig:
 
 
 @dataclass(frozen=True)
-class DiMOOShortcutConfig:
+class DiMOOShortcutConfig(JsonConfig):
     """The DiMOO shortcut: LLaDA blocks at a bottleneck width (``dimoo-shortcut.pth``).
 
     ``family`` and ``embed_t`` mirror the MaskGIT shortcut config so the generic
@@ -148,12 +137,7 @@ class DiMOOShortcutConfig:
     def head_dim(self) -> int:
         return self.width // self.heads
 
-    def to_dict(self) -> dict:
-        return asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "DiMOOShortcutConfig":
-        return _from_dict(cls, d, "DiMOO shortcut")
 
     @classmethod
     def for_base(cls, base: LLaDAConfig, bottleneck_ratio: float = 2, **overrides) -> "DiMOOShortcutConfig":

@@ -10,15 +10,17 @@ conv_out). The output is roughly in [0, 1] (aMUSEd clips it to [0, 1]).
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import JsonConfig
+
 
 @dataclass(frozen=True)
-class VQConfig:
+class VQConfig(JsonConfig):
     in_channels: int = 3
     out_channels: int = 3
     block_out_channels: tuple[int, ...] = (128, 256, 256, 512, 768)
@@ -41,18 +43,7 @@ class VQConfig:
         """Pixels per token along each side (16 for DiMOO's VQ)."""
         return 2 ** (len(self.block_out_channels) - 1)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["block_out_channels"] = list(self.block_out_channels)
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "VQConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown VQ config fields {sorted(unknown)}")
-        return cls(**d)
 
     @classmethod
     def from_diffusers_config(cls, d: dict) -> "VQConfig":
