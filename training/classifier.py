@@ -1,7 +1,7 @@
 """A small Fashion-MNIST CNN whose penultimate features drive the FD-FMNIST metric.
 
 Inputs are float (N, 1, 28, 28) in [-1, 1] (see ``training.fmnist.to_tensor``).
-``features(x)`` returns the 128-d penultimate layer (the tensor right before the head);
+``features(x)`` returns the 128-d penultimate layer (before its ReLU and the head);
 ``forward(x)`` returns class logits.
 
 Train and ship the evaluation weights (a few CPU minutes)::
@@ -90,13 +90,17 @@ class FmnistClassifier(nn.Module):
         self.head = nn.Linear(config.feature_dim, config.num_classes)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 1, 28, 28) in [-1, 1] -> (N, feature_dim) penultimate features (post-ReLU)."""
+        """(N, 1, 28, 28) in [-1, 1] -> (N, feature_dim) penultimate features.
+
+        Taken before the layer's ReLU: units that never fire after the ReLU would give the
+        FD covariance constant-zero dimensions (a singular matrix); pre-activations do not.
+        """
         h = self.blocks(x)  # (N, 1, 28, 28) -> (N, C, 3, 3)
-        return F.relu(self.feature(h.flatten(1)))  # (N, C*3*3) -> (N, feature_dim)
+        return self.feature(h.flatten(1))  # (N, C*3*3) -> (N, feature_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 1, 28, 28) in [-1, 1] -> (N, num_classes) logits."""
-        return self.head(self.dropout(self.features(x)))
+        return self.head(self.dropout(F.relu(self.features(x))))
 
 
 def save_classifier(model: FmnistClassifier, path: str | Path, metadata: dict[str, str]) -> None:

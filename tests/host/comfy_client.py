@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any, Callable
 
 import requests
-import websocket
+
+try:
+    import websocket  # websocket-client, installed by scripts/setup_comfyui.sh
+except ImportError:
+    websocket = None
+
+# Folder names under the test server's custom_nodes/ (see conftest.py).
+PACK_NAME = "ComfyUI-MIGM-Shortcut"        # a link to the repository root: the real pack
+HARNESS_PACK_NAME = "migm_harness_pack"    # tests/host/harness_pack/
 
 DEFAULT_TIMEOUT = 120.0
 _POLL_S = 0.1
@@ -38,6 +46,7 @@ class ComfyClient:
         self.base_dir = Path(base_dir)      # --base-directory: custom_nodes/, models/, user/, temp/
         self.output_dir = Path(output_dir)  # --output-directory
         self.models_dir = Path(models_dir)  # root of the folders in extra_model_paths.yaml
+        self.startup_s: float | None = None  # seconds until /system_stats first answered
         self.http = requests.Session()
 
     # --- server state ---------------------------------------------------------------
@@ -169,17 +178,12 @@ class ComfyClient:
         text = self.log_text()
         summary_at = text.find("Import times for custom nodes:")
         import_phase = text if summary_at < 0 else text[:summary_at]
-        folder = re.escape(f"/{pack_name}")
-        path_end = rf"{folder}(?:[/'\"\s:]|$)"
-        problems = []
-        for block in _traceback_blocks(import_phase):
-            if re.search(path_end, block):
-                problems.append(block)
-        warning = re.compile(rf"^(Cannot import .*{folder}.*|.*comfy_entrypoint in .*{folder}.*"
-                             rf"|Skip .*{folder}.* module.*|.*\(IMPORT FAILED\): .*{folder}/?)$")
+        in_pack = re.compile(rf"/{re.escape(pack_name)}(?=[/\s'\":]|$)")
+        problems = [block for block in _traceback_blocks(import_phase) if in_pack.search(block)]
+        markers = ("Cannot import ", "comfy_entrypoint in ", "Skip ", "(IMPORT FAILED)")
         for line in text.splitlines():
-            if warning.match(line):
-                problems.append(line)
+            if any(marker in line for marker in markers) and in_pack.search(line):
+                problems.append(line.strip())
         return problems
 
 
@@ -222,6 +226,8 @@ class WebSocketListener:
     """Collects the server's JSON websocket messages on a background thread."""
 
     def __init__(self, base_url: str, client_id: str, connect_timeout: float = 30.0) -> None:
+        if websocket is None:
+            raise RuntimeError("websocket-client is missing: run scripts/setup_comfyui.sh")
         self.client_id = client_id
         self.messages: list[dict] = []
         self._changed = threading.Condition()
@@ -245,6 +251,10 @@ class WebSocketListener:
             except (websocket.WebSocketException, OSError):
                 break
             if isinstance(frame, bytes):  # binary preview images
+                continue
+            if not frame:  # a close frame reads as an empty string
+                if not self._socket.connected:
+                    break
                 continue
             with self._changed:
                 self.messages.append(json.loads(frame))

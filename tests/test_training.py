@@ -1,0 +1,338 @@
+"""Recording trajectories and training shortcuts headless, on a tiny random-weight base."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shortcut_core import CheckpointError, generate, load_migm, load_shortcut, read_safetensors_metadata, save_migm
+from shortcut_core import reveal_counts
+from tests.tiny import tiny_migm
+from training import train as train_mod
+from training.data import PairStream, Recording
+from training.pairs import MaskGITRecipe
+from training.record import derive_seed, main as record_main, record_trajectories
+from training.trajectories import MANIFEST, ManifestError, load_shard, read_manifest
+from training.train import TrainingInterrupted, main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+REC = dict(steps=STEPS, batch_size=4, shard_size=4, show_progress=False, log=lambda msg: None)
+TRAIN_FAST = ["--heads", "4", "--batch", "8", "--ema", "0.9", "--lr", "1e-3", "--val-fraction", "0.1",
+              "--no-progress", "--log-every", "5"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids OpenMP contention (100x here)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def same_tensors(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny base model, in memory and as the file the CLIs load."""
+    path = tmp_path_factory.mktemp("base") / "tiny.safetensors"
+    save_migm(tiny_migm(vqgan=False), path)
+    return load_migm(path), path
+
+
+@pytest.fixture(scope="module")
+def recorded(base, tmp_path_factory):
+    """12 trajectories in 3 shards, recorded in one go."""
+    migm, _ = base
+    out = tmp_path_factory.mktemp("rec") / "a"
+    record_trajectories(migm, out, count=12, **REC)
+    return out
+
+
+@pytest.fixture(scope="module")
+def dataset(base, tmp_path_factory):
+    """The training set: 48 trajectories in 6 shards, through the CLI."""
+    _, path = base
+    out = tmp_path_factory.mktemp("data") / "traj"
+    rc = record_main(["--migm", str(path), "--out", str(out), "--count", "48", "--steps", str(STEPS), "--batch", "8",
+                      "--shard-size", "8", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_format_manifest_and_tensors(base, recorded):
+    migm, _ = base
+    m = read_manifest(recorded)
+    assert m["format"] == "migm-shortcut-trajectories" and m["family"] == "maskgit"
+    assert m["base_fingerprint"] == migm.fingerprint and m["steps"] == STEPS
+    assert m["branches"] == ["cond", "uncond"] and m["feature_shapes"] == {"cond": [17, 32], "uncond": [17, 32]}
+    assert m["feature_dtype"] == "float16" and m["complete"] is True
+    assert m["counts"]["trajectories"] == 12 and m["counts"]["pairs"] == 12 * 2 * (STEPS - 1)
+    assert [s["file"] for s in m["shards"]] == [f"shard-00000{j}.safetensors" for j in range(3)]
+    counts = reveal_counts(16, STEPS, "arccos")
+    assert m["reveal_counts"] == counts
+    sh = load_shard(recorded / "shard-000001.safetensors")
+    assert sh["index"].tolist() == [4, 5, 6, 7]
+    assert sh["cond.features"].shape == (4, STEPS, 17, 32) and sh["cond.features"].dtype == torch.float16
+    assert sh["cond.condition"].tolist() == [1, 2, 0, 1] and sh["uncond.condition"].tolist() == [3] * 4
+    ra = sh["cond.revealed_at"].long()
+    assert torch.equal(ra, sh["uncond.revealed_at"].long()) and (ra[:, 16] == -1).all()
+    assert [int((ra[0] == s).sum()) for s in range(STEPS)] == counts
+    # Trajectories are reproducible from (run seed, i): the same batch through sample() gives the same tokens.
+    again = generate(migm, [1, 2, 0, 1], steps=STEPS, seed=derive_seed(0, 1), decode=False, cfg=2.8)
+    assert torch.equal(again.tokens.reshape(4, -1), sh["final_ids"].long())
+    # Step 0's feature is the base model's on the all-[MASK] grid.
+    f0 = migm.model.features(torch.full((4, 16), migm.config.mask_id), torch.tensor([1, 2, 0, 1]))
+    torch.testing.assert_close(sh["cond.features"][:, 0].float(), f0.detach(), atol=2e-3, rtol=2e-3)
+
+
+def test_bf16_features_and_one_branch_without_guidance(base, tmp_path):
+    migm, _ = base
+    record_trajectories(migm, tmp_path / "b", count=2, cfg=0.0, feature_dtype="bf16", **{**REC, "batch_size": 2})
+    sh = load_shard(tmp_path / "b" / "shard-000000.safetensors")
+    assert sh["cond.features"].dtype == torch.bfloat16 and "uncond.features" not in sh
+    assert read_manifest(tmp_path / "b")["branches"] == ["cond"]
+
+
+def test_recorder_resume_neither_duplicates_nor_skips(base, recorded, tmp_path):
+    migm, _ = base
+    out = tmp_path / "c"
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+
+    r = record_trajectories(migm, out, count=12, progress=progress, should_stop=lambda: seen[-1] >= 4, **REC)
+    assert r.interrupted and r.written == 4 and not r.complete
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "shard-000000.safetensors"]
+    assert read_manifest(out)["counts"]["trajectories"] == 4
+    (out / "shard-000001.safetensors.tmp").write_bytes(b"half a shard")  # a crash mid-write
+    with pytest.raises(ManifestError, match="--resume"):
+        record_trajectories(migm, out, count=12, **REC)
+    r = record_trajectories(migm, out, count=12, resume=True, **REC)
+    assert r.complete and r.written == 8 and r.already == 4
+    assert not list(out.glob("*.tmp"))
+    for j in range(3):
+        name = f"shard-00000{j}.safetensors"
+        assert same_tensors(load_shard(out / name), load_shard(recorded / name)), name
+    index = torch.cat([load_shard(p)["index"] for p in sorted(out.glob("shard-*"))])
+    assert index.tolist() == list(range(12))
+    again = record_trajectories(migm, out, count=12, resume=True, **REC)
+    assert again.written == 0 and again.complete
+    with pytest.raises(ManifestError, match="steps"):
+        record_trajectories(migm, out, count=12, resume=True, **{**REC, "steps": 5})
+
+
+def test_recorder_ranks_record_disjoint_shards(base, recorded, tmp_path):
+    migm, _ = base
+    out = tmp_path / "d"
+    r0 = record_trajectories(migm, out, count=12, rank=0, world_size=2, **REC)
+    r1 = record_trajectories(migm, out, count=12, rank=1, world_size=2, resume=True, **REC)
+    assert r0.shards_written == ["shard-000000.safetensors", "shard-000002.safetensors"]
+    assert r1.shards_written == ["shard-000001.safetensors"]
+    final = record_trajectories(migm, out, count=12, resume=True, **REC)  # one process completes the manifest
+    assert final.written == 0 and final.complete
+    for j in range(3):
+        name = f"shard-00000{j}.safetensors"
+        assert same_tensors(load_shard(out / name), load_shard(recorded / name))
+
+
+def test_pair_inputs_from_revealed_steps():
+    revealed = torch.tensor([[0, 2, 1, 1, -1], [1, 0, 2, 1, -1]])
+    final_ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    inputs, mask = MaskGITRecipe().pair_inputs(revealed, final_ids, 1, 4)
+    assert inputs["new_positions"].tolist() == [[2, 3], [0, 3]]
+    assert inputs["new_ids"].tolist() == [[7, 8], [9, 12]]
+    assert inputs["new_map"].tolist() == [[False, False, True, True, False], [True, False, False, True, False]]
+    assert inputs["mask_ratio"].tolist() == [0.25, 0.25]
+    assert mask.tolist() == [[False, True, False, False, False], [False, False, True, False, False]]
+
+
+def test_stream_covers_each_pair_once_per_epoch(dataset):
+    rec = Recording(dataset)
+    train_rows, val_rows = rec.split(0.1, 64)
+    assert sum(map(len, val_rows.values())) == 5 and sum(map(len, train_rows.values())) == 43
+    stream = PairStream(rec, train_rows, batch=8, window=2, seed=0, rank=0, device=torch.device("cpu"),
+                        skip_bad=False)
+    plan = stream.plan(0)
+    pairs = [(k, j, branch, s) for _, branch, s, rows in plan for k, j in rows]
+    assert len(pairs) == len(set(pairs)) == 43 * 2 * (STEPS - 1)
+    assert plan == stream.plan(0) and plan != stream.plan(1)
+    batch = stream.next()
+    assert batch.prev.shape == batch.target.shape and batch.prev.dtype == torch.float32
+    assert batch.loss_mask.shape == batch.prev.shape[:2]
+
+
+def test_training_beats_copy_baseline(base, dataset, tmp_path):
+    migm, path = base
+    out = tmp_path / "sc.safetensors"
+    rc = train_main(["--data", str(dataset), "--migm", str(path), "--out", str(out), "--iters", "160",
+                     "--lr-decay-at", "120", "--val-every", "80", "--ckpt-every", "80", *TRAIN_FAST,
+                     "--ema", "0.95", "--lr", "2e-3"])  # later flags override TRAIN_FAST
+    assert rc == 0
+    meta = read_safetensors_metadata(out)
+    val = meta["info"]["metrics"]["val"]
+    print(f"held-out MSE / copy-previous MSE = {val['mse_ratio']:.3f}; cosine {val['cos']:.4f} "
+          f"(copy {val['copy_cos']:.4f})")
+    assert val["mse_ratio"] < 0.5 and val["cos"] > val["copy_cos"]
+    assert meta["base_fingerprint"] == migm.fingerprint
+    assert set(meta["info"]) >= {"architecture", "training", "data", "metrics", "command"}
+    assert meta["info"]["command"].startswith("python -m training.train --data")
+    # The saved file is the EMA the validation measured, and it drives the sampler.
+    shortcut = load_shortcut(out, migm)
+    rec = Recording(dataset)
+    _, val_rows = rec.split(0.1, 64)
+    sums = train_mod.evaluate(shortcut, rec, val_rows, batch=8, device=torch.device("cpu"),
+                              autocast=train_mod.nullcontext, skip_bad=False, log=print)
+    assert abs(train_mod.summarize(sums)["mse_ratio"] - val["mse_ratio"]) < 1e-4
+    res = generate(migm, [0, 1], steps=8, full_steps=3, shortcut=shortcut, seed=0, decode=False)
+    assert res.stats.shortcut_steps == 5
+    events = [json.loads(line)["event"] for line in (tmp_path / "sc.run" / "metrics.jsonl").read_text().splitlines()]
+    assert events[0] == "start" and events.count("val") == 2 and events[-1] == "end"
+
+
+def test_resume_after_interruption_is_exact(base, dataset, tmp_path):
+    _, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--iters", "12", "--ckpt-every", "4", "--val-every", "6",
+              "--accum", "2", *TRAIN_FAST]
+    assert train_main([*common, "--out", str(tmp_path / "a.safetensors")]) == 0
+    b = ["--out", str(tmp_path / "b.safetensors")]
+    with pytest.raises(TrainingInterrupted):
+        train_main([*common, *b], should_stop=lambda it: it == 10)
+    run_b = tmp_path / "b.run"
+    assert sorted(p.name for p in run_b.glob("ckpt-*.json")) == ["ckpt-00000004.json", "ckpt-00000008.json"]
+    assert train_main([*common, *b]) == 2  # refuses to start over an existing run without --resume
+    assert train_main([*common, *b, "--resume"]) == 0
+    assert same_tensors(load_file(str(tmp_path / "a.safetensors")), load_file(str(tmp_path / "b.safetensors")))
+    assert same_tensors(load_file(str(tmp_path / "a.run" / "ckpt-00000012.safetensors")),
+                        load_file(str(run_b / "ckpt-00000012.safetensors")))
+    steps = [json.loads(line)["step"] for line in (run_b / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # records past the checkpoint were dropped, then redone
+    assert train_main([*common, *b, "--resume", "--iters", "14", "--batch", "4"]) == 2  # not the same run
+
+
+def test_two_process_gloo_run(base, dataset, tmp_path):
+    _, path = base
+    out = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "training.train",
+           "--data", str(dataset), "--migm", str(path), "--out", str(out), "--iters", "6", "--device", "cpu",
+           "--ckpt-every", "100", *TRAIN_FAST]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = tmp_path / "ddp.run"
+    assert sorted(p.name for p in run.iterdir() if p.name.startswith("ckpt-")) == [
+        "ckpt-00000006.json", "ckpt-00000006.safetensors"]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records].count("start") == 1  # rank 0 alone writes the log
+    read = records[-1]["shards_read_by_rank"]
+    assert len(read) == 2 and read[0] and read[1] and not set(read[0]) & set(read[1])
+    assert set(read[0]) | set(read[1]) == {f"shard-00000{j}.safetensors" for j in range(6)}
+    assert records[0]["exact"]["world_size"] == 2
+    assert read_safetensors_metadata(out)["info"]["command"].startswith("torchrun --nproc_per_node=2")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_truncated_and_corrupt_shards(base, dataset, tmp_path, capsys):
+    _, path = base
+    data = _copy(dataset, tmp_path / "data")
+    shard = data / "shard-000003.safetensors"
+    blob = shard.read_bytes()
+    shard.write_bytes(blob[: len(blob) // 2])
+    common = ["--data", str(data), "--migm", str(path), "--iters", "4", *TRAIN_FAST]
+    assert train_main([*common, "--out", str(tmp_path / "x.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert "shard-000003.safetensors is damaged" in err and "--skip-bad-shards" in err
+    assert train_main([*common, "--out", str(tmp_path / "y.safetensors"), "--skip-bad-shards"]) == 0
+    info = read_safetensors_metadata(tmp_path / "y.safetensors")["info"]
+    assert list(info["data"]["bad_shards"]) == ["shard-000003.safetensors"]
+
+    # Flipped bytes inside the data pass the header check; the checksum catches them when the
+    # shard is read, the run saves its progress, and a resume that skips the shard completes.
+    data2 = _copy(dataset, tmp_path / "data2")
+    shard = data2 / "shard-000005.safetensors"
+    blob = bytearray(shard.read_bytes())
+    blob[-200:-100] = bytes(100)
+    shard.write_bytes(bytes(blob))
+    common = ["--data", str(data2), "--migm", str(path), "--iters", "40", "--ckpt-every", "1000", "--window", "1",
+              "--out", str(tmp_path / "z.safetensors"), *TRAIN_FAST]
+    assert train_main(common) == 2
+    err = capsys.readouterr().err
+    assert "shard-000005.safetensors is damaged" in err and "checksum" in err and "is saved in" in err
+    saved = sorted((tmp_path / "z.run").glob("ckpt-*.json"))
+    assert len(saved) == 1 and json.loads(saved[0].read_text())["step"] > 0  # stopped mid-run, progress kept
+    assert train_main([*common, "--resume", "--skip-bad-shards"]) == 0
+    assert (tmp_path / "z.safetensors").exists()
+
+
+def test_fingerprint_mismatch(base, dataset, tmp_path, capsys):
+    migm, path = base
+    other_path = tmp_path / "other.safetensors"
+    save_migm(tiny_migm(seed=3, vqgan=False), other_path)
+    other = load_migm(other_path)
+    common = ["--data", str(dataset), "--migm", str(other_path), "--iters", "2", *TRAIN_FAST]
+    assert train_main([*common, "--out", str(tmp_path / "a.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert migm.fingerprint in err and other.fingerprint in err and "--allow-fingerprint-mismatch" in err
+    out = tmp_path / "b.safetensors"
+    assert train_main([*common, "--out", str(out), "--allow-fingerprint-mismatch"]) == 0
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        load_shortcut(out, other)  # the shortcut belongs to the recording's base model
+    load_shortcut(out, other, allow_fingerprint_mismatch=True)
+    load_shortcut(out, migm)
+    with pytest.raises(ManifestError, match="base_fingerprint"):
+        record_trajectories(other, dataset, count=48, resume=True, **{**REC, "batch_size": 8, "shard_size": 8})
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(base, dataset, tmp_path, capsys, monkeypatch):
+    _, path = base
+    calls = {"n": 0}
+    real = train_mod.masked_mse
+
+    def poisoned(pred, target, mask):
+        calls["n"] += 1
+        loss = real(pred, target, mask)
+        return loss * float("nan") if calls["n"] > 5 else loss
+
+    monkeypatch.setattr(train_mod, "masked_mse", poisoned)
+    out = tmp_path / "n.safetensors"
+    rc = train_main(["--data", str(dataset), "--migm", str(path), "--out", str(out), "--iters", "10",
+                     "--ckpt-every", "2", *TRAIN_FAST])
+    assert rc == 2 and not out.exists()
+    err = capsys.readouterr().err
+    assert "loss became nan at iteration 6" in err and "ckpt-00000004.json (iteration 4)" in err
+    ckpt = load_file(str(tmp_path / "n.run" / "ckpt-00000004.safetensors"))
+    assert all(torch.isfinite(v.float()).all() for v in ckpt.values())
+
+
+
+def test_cli_resume_takes_settings_from_the_manifest(base, dataset, monkeypatch, capsys):
+    _, path = base
+    before = {p.name: p.stat().st_mtime_ns for p in dataset.glob("shard-*")}
+    assert record_main(["--migm", str(path), "--out", str(dataset), "--resume", "--no-progress"]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in dataset.glob("shard-*")} == before
+    assert "0 trajectories" in capsys.readouterr().out
+    monkeypatch.setattr("training.record.shutil.disk_usage", lambda p: shutil._ntuple_diskusage(10**6, 10**6 - 10, 10))
+    assert record_main(["--migm", str(path), "--out", str(dataset), "--resume", "--count", "56", "--no-progress"]) == 2
+    assert "free" in capsys.readouterr().err
+    assert read_manifest(dataset)["num_trajectories"] == 48  # a refused run changes nothing
+
+
+def test_lr_step_decay_and_masked_mse():
+    assert [train_mod.lr_at(s, 1e-4, 0.1, [1000]) for s in (0, 999, 1000)] == [1e-4, 1e-4, 1e-4 * 0.1]
+    pred, target = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]])
+    assert train_mod.masked_mse(pred, target, torch.tensor([[True, False, True]])).item() == 13.0

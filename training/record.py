@@ -1,0 +1,474 @@
+"""Record base-model trajectories for shortcut training.
+
+    python -m training.record --migm BASE.safetensors --out data/traj --count 2000 [--resume]
+    torchrun --nproc_per_node=4 -m training.record --migm BASE --out DIR --count 20000
+
+Runs plain sampling (every step full) at N_train steps over a list of conditions and
+stores, per trajectory and guidance branch, the feature at every step, the step that
+revealed each position and the final ids (format: ``training/trajectories.py``).
+
+Trajectory i's condition is ``classes[i % len(classes)]``; it is sampled in the batch
+``i // batch_size`` whose seed derives from (run seed, batch index) only. Shards hold
+whole batches and are written atomically, so an interrupted run leaves every finished
+shard valid and ``--resume`` records exactly the missing ones. Under torchrun, shard j
+goes to rank j % K.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import math
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from shortcut_core import REVEAL_MODES, reveal_counts, sample
+
+from .distributed import setup, share
+from .pairs import recipe_for
+from .progress import ProgressBar
+from .trajectories import (
+    FORMAT,
+    MANIFEST,
+    VERSION,
+    ManifestError,
+    ShardError,
+    bytes_per_trajectory,
+    dtype_name,
+    feature_dtype as torch_feature_dtype,
+    human_bytes,
+    load_shard,
+    read_manifest,
+    read_shard_header,
+    shard_name,
+    write_json_atomic,
+    write_shard,
+)
+
+DEFAULTS = {"steps": 15, "cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0, "schedule": "arccos", "randomize": "linear",
+            "seed": 0, "batch_size": 8, "feature_dtype": "float16"}
+SHARD_TARGET_BYTES = 256e6  # auto shard size aims at about this much per shard
+# Settings that must not change between a run and its --resume: they decide what trajectory i is.
+RESUME_KEYS = ("family", "base_fingerprint", "steps", "sampler", "conditions", "seed", "batch_size", "shard_size",
+               "feature_dtype", "branches", "feature_shapes")
+
+
+class RecordingStopped(Exception):
+    """Raised inside the sampler callback when the caller asks to stop."""
+
+
+@dataclass
+class RecordResult:
+    out_dir: Path
+    planned: int  # trajectories in the whole recording
+    mine: int  # trajectories assigned to this rank
+    already: int  # of those, found complete on disk
+    written: int  # of those, recorded by this call
+    shards_written: list[str] = field(default_factory=list)
+    bytes_written: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    complete: bool = False  # the whole recording (all ranks) is on disk, as far as rank 0 saw at the end
+
+    @property
+    def trajectories_per_second(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def report(self) -> str:
+        state = "interrupted" if self.interrupted else ("complete" if self.complete else "done (this rank)")
+        return (f"{state}: wrote {self.written} trajectories in {len(self.shards_written)} shards "
+                f"({human_bytes(self.bytes_written)}, {self.trajectories_per_second:.2f} traj/s); "
+                f"{self.already} were already on disk; {self.planned} planned in {self.out_dir}")
+
+
+def derive_seed(seed: int, index: int) -> int:
+    """A 63-bit sampler seed from (run seed, index), the same on every platform."""
+    digest = hashlib.sha256(f"migm-shortcut:{int(seed)}:{int(index)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def plan_shards(count: int, shard_size: int) -> list[tuple[int, int, int]]:
+    """(shard index, first trajectory, trajectories) for ``count`` trajectories."""
+    return [(j, first, min(shard_size, count - first)) for j, first in enumerate(range(0, count, shard_size))]
+
+
+def auto_shard_size(bytes_per_traj: int, count: int, batch_size: int) -> int:
+    """About SHARD_TARGET_BYTES per shard, and at least 8 shards when there is enough to split."""
+    by_bytes = max(1, int(SHARD_TARGET_BYTES // max(bytes_per_traj, 1)))
+    size = min(by_bytes, max(1, math.ceil(count / 8)))
+    return max(1, size // batch_size) * batch_size
+
+
+def _software() -> dict:
+    return {"torch": torch.__version__, "python": platform.python_version()}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _scan(root: Path, plan, settings: dict, verify: bool, log) -> dict[int, dict]:
+    """Planned shards already complete on disk: j -> manifest entry. Damaged ones are reported."""
+    done = {}
+    for j, first, n in plan:
+        path = root / shard_name(j)
+        if not path.exists():
+            continue
+        try:
+            header = read_shard_header(path)
+            if verify:
+                load_shard(path, verify=True)
+        except ShardError as exc:
+            log(f"warning: {exc.path.name} will be recorded again ({exc.reason})")
+            continue
+        if (header["first"], header["count"], header["fingerprint"]) != (first, n, settings["base_fingerprint"]):
+            log(f"warning: {path.name} holds trajectories {header['first']}..+{header['count']} of base "
+                f"{header['fingerprint']}, not {first}..+{n}; it will be recorded again")
+            continue
+        done[j] = {k: header[k] for k in ("file", "first", "count", "bytes", "checksum")}
+    return done
+
+
+def _manifest(settings: dict, extra: dict, done: dict[int, dict], plan) -> dict:
+    shards = [done[j] for j in sorted(done)]
+    trajectories = sum(e["count"] for e in shards)
+    steps, branches = settings["steps"], settings["branches"]
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        **settings,
+        **extra,
+        "num_trajectories": sum(n for _, _, n in plan),
+        "num_shards": len(plan),
+        "shards": shards,
+        "counts": {
+            "trajectories": trajectories,
+            "shards": len(shards),
+            "pairs": trajectories * len(branches) * (steps - 1),
+            "bytes": sum(e["bytes"] for e in shards),
+        },
+        "complete": len(shards) == len(plan),
+        "updated": _now(),
+    }
+
+
+def record_trajectories(
+    migm,
+    out_dir,
+    *,
+    count: int,
+    classes: Sequence | None = None,
+    steps: int = DEFAULTS["steps"],
+    cfg: float = DEFAULTS["cfg"],
+    sm_temp: float = DEFAULTS["sm_temp"],
+    r_temp: float = DEFAULTS["r_temp"],
+    schedule: str = DEFAULTS["schedule"],
+    randomize: str = DEFAULTS["randomize"],
+    seed: int = DEFAULTS["seed"],
+    batch_size: int = DEFAULTS["batch_size"],
+    shard_size: int | None = None,
+    feature_dtype: str = DEFAULTS["feature_dtype"],
+    resume: bool = False,
+    verify: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    show_progress: bool = True,
+    check_disk_space: bool = True,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> RecordResult:
+    """Record ``count`` trajectories of plain sampling into ``out_dir``.
+
+    ``classes``: class indices or names to cycle through (None: every class).
+    ``progress(done, total)`` is called after each batch with this rank's trajectory
+    counts; ``should_stop()`` is polled at every sampling step and stops cleanly (the
+    shard in progress is dropped, every finished shard stays valid). Several processes
+    pass ``rank``/``world_size`` (and a ``barrier``) to split the shards between them.
+    """
+    t_start = time.perf_counter()
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    recipe = recipe_for(migm.family)
+    root = Path(out_dir)
+    conditions_spec = recipe.resolve_conditions(migm, classes)
+    sampler = {"schedule": schedule, "cfg": float(cfg), "sm_temp": float(sm_temp), "r_temp": float(r_temp),
+               "randomize": randomize}
+    branches = recipe.branches(sampler)
+    shapes = recipe.feature_shapes(migm, branches)
+    num_image_tokens = recipe.num_image_tokens(migm)
+    counts = reveal_counts(num_image_tokens, steps, schedule)  # validates steps and schedule
+    fdtype = torch_feature_dtype(feature_dtype)
+    bpt = bytes_per_trajectory(shapes, steps, num_image_tokens, fdtype)
+    if shard_size is None:
+        shard_size = auto_shard_size(bpt, count, batch_size)
+    if shard_size < 1 or shard_size % batch_size:
+        raise ValueError(f"shard size {shard_size} must be a positive multiple of the batch size {batch_size}, "
+                         f"so every shard holds whole batches")
+    settings = {
+        "family": migm.family,
+        "base_fingerprint": migm.fingerprint,
+        "steps": steps,
+        "sampler": sampler,
+        "conditions": conditions_spec,
+        "seed": int(seed),
+        "batch_size": batch_size,
+        "shard_size": shard_size,
+        "feature_dtype": dtype_name(fdtype),
+        "branches": branches,
+        "feature_shapes": shapes,
+    }
+    if not migm.fingerprint:
+        raise ValueError(f"base model {migm.name!r} has no fingerprint; load it with shortcut_core.load_migm")
+    plan = plan_shards(count, shard_size)
+
+    manifest_path = root / MANIFEST
+    created = _now()
+    if manifest_path.exists():
+        if not resume:
+            raise ManifestError(f"{root} already holds a recording; pass --resume (resume=True) to continue it, "
+                                f"or choose a new folder")
+        old = read_manifest(root)
+        changed = [k for k in RESUME_KEYS if old.get(k) != settings[k]]
+        if changed:
+            detail = "; ".join(f"{k}: recorded {old.get(k)!r}, now {settings[k]!r}" for k in changed)
+            raise ManifestError(f"{root} was recorded with other settings ({detail}); resume with the same "
+                                f"settings (the CLI takes them from the manifest when not given) or use a new folder")
+        created = old.get("created", created)
+    elif any(root.glob("shard-*.safetensors")):
+        raise ManifestError(f"{root} holds shards but no {MANIFEST}; it is not a recording this tool can continue")
+    extra = {
+        "base": {"name": migm.name, "family": migm.family, "config": migm.config.to_dict()},
+        "num_image_tokens": num_image_tokens,
+        "reveal_counts": counts,
+        "created": created,
+        "command": command or "",
+        "software": _software(),
+    }
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        for tmp in root.glob("*.tmp"):
+            tmp.unlink()  # leftovers of an interrupted write; the finished shards are never .tmp
+    if barrier is not None:
+        barrier()
+    done = _scan(root, plan, settings, verify, log)
+    mine = share(plan, rank, world_size)
+    todo = [p for p in mine if p[0] not in done]
+    mine_total = sum(n for _, _, n in mine)
+    already = sum(n for j, _, n in mine if j in done)
+    if rank == 0:
+        remaining_all = sum(n for j, _, n in plan if j not in done)
+        free = shutil.disk_usage(root).free
+        log(f"recording {count} trajectories of {migm.name} ({', '.join(branches)}; N={steps} steps, "
+            f"{schedule}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
+            f"{human_bytes(bpt * count)} in all in {len(plan)} shards of {shard_size}; "
+            f"{sum(n for j, _, n in plan if j in done)} already on disk; about {human_bytes(bpt * remaining_all)} "
+            f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else ""))
+        if check_disk_space and bpt * remaining_all > free:
+            raise ManifestError(f"recording needs about {human_bytes(bpt * remaining_all)} but {root} has only "
+                                f"{human_bytes(free)} free; record fewer trajectories (--count), free space, "
+                                f"or pass --no-disk-check")
+        write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
+
+    result = RecordResult(out_dir=root, planned=count, mine=mine_total, already=already, written=0)
+    bar = ProgressBar(mine_total, desc=f"record[{rank}]" if world_size > 1 else "record", unit="traj",
+                      start=already, enabled=show_progress)
+    done_mine = already
+    if progress is not None:
+        progress(done_mine, mine_total)
+
+    def stop_requested() -> bool:
+        return should_stop is not None and bool(should_stop())
+
+    try:
+        for j, first, n in todo:
+            buffers = {b: torch.empty((n, steps, *shapes[b]), dtype=fdtype) for b in branches}
+            revealed = {b: torch.empty((n, shapes[b][0]), dtype=torch.int16) for b in branches}
+            conditions = {b: torch.empty(n, dtype=torch.int64) for b in branches}
+            final_ids = torch.empty((n, num_image_tokens), dtype=torch.int32)
+            seeds = torch.empty(n, dtype=torch.int64)
+            for b0 in range(first, first + n, batch_size):
+                nb = min(batch_size, first + n - b0)
+                lo = b0 - first
+                batch_seed = derive_seed(seed, b0 // batch_size)
+                batch_conditions = [recipe.condition_of(conditions_spec, i) for i in range(b0, b0 + nb)]
+                last = {}
+
+                def collect(info, lo=lo, nb=nb, last=last):
+                    for b, feat in recipe.split_features(info.feats, branches).items():
+                        buffers[b][lo:lo + nb, info.step] = feat.to(fdtype).cpu()  # cast first: half the copy
+                    last["state"] = info.state
+                    if stop_requested():
+                        raise RecordingStopped
+
+                res = sample(migm, batch_conditions, steps=steps, seed=batch_seed, callback=collect, decode=False,
+                             **sampler)
+                for b, rec in recipe.branch_records(migm, last["state"], branches).items():
+                    revealed[b][lo:lo + nb] = rec["revealed_at"].to("cpu", torch.int16)
+                    conditions[b][lo:lo + nb] = rec["condition"].to("cpu", torch.int64)
+                final_ids[lo:lo + nb] = recipe.final_ids(res).to("cpu", torch.int32)
+                seeds[lo:lo + nb] = batch_seed
+                done_mine += nb
+                bar.update(nb)
+                if progress is not None:
+                    progress(done_mine, mine_total)
+            tensors = {"final_ids": final_ids, "index": torch.arange(first, first + n, dtype=torch.int64),
+                       "seed": seeds}
+            for b in branches:
+                tensors[f"{b}.features"] = buffers[b]
+                tensors[f"{b}.revealed_at"] = revealed[b]
+                tensors[f"{b}.condition"] = conditions[b]
+            entry = write_shard(root / shard_name(j), tensors, first=first, count=n, fingerprint=migm.fingerprint)
+            done[j] = entry
+            result.written += n
+            result.shards_written.append(entry["file"])
+            result.bytes_written += entry["bytes"]
+            if rank == 0:
+                write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
+    except RecordingStopped:
+        result.interrupted = True
+        log(f"stopped on request; {len(done)} of {len(plan)} shards are complete; continue with --resume")
+    finally:
+        bar.close()
+    if barrier is not None and not result.interrupted:
+        barrier()
+    if rank == 0:
+        final = _scan(root, plan, settings, False, log)
+        write_json_atomic(manifest_path, _manifest(settings, extra, final, plan))
+        result.complete = len(final) == len(plan)
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def parse_classes(spec: str | None):
+    """'all' / None -> None; '0-9' -> range; '0,3,7' -> ints; other words stay names."""
+    if spec is None or spec.strip().lower() == "all":
+        return None
+    out: list = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        if sep and lo.strip().isdigit() and hi.strip().isdigit():
+            out.extend(range(int(lo), int(hi) + 1))
+        else:
+            out.append(int(part) if part.isdigit() else part)
+    if not out:
+        raise ValueError(f"--classes {spec!r} names no class")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m training.record",
+        description="Record plain-sampling trajectories of a base model for shortcut training. "
+                    "Settings left out on --resume are taken from the folder's manifest.",
+    )
+    p.add_argument("--migm", required=True, help="base model: native .safetensors or the published MaskGIT .pth")
+    p.add_argument("--out", required=True, help="dataset folder (created; holds manifest.json and shard-*.safetensors)")
+    p.add_argument("--count", type=int, help="trajectories to record in all (required for a new folder)")
+    p.add_argument("--classes", help="classes to cycle through: 'all' (default), '0-9', '0,3,7' or class names")
+    p.add_argument("--steps", type=int, help=f"N_train sampling steps (default {DEFAULTS['steps']}, the paper's MaskGIT setting)")
+    p.add_argument("--cfg", type=float, help=f"guidance scale w (default {DEFAULTS['cfg']}); 0 records only the conditional branch")
+    p.add_argument("--sm-temp", type=float, help=f"softmax temperature (default {DEFAULTS['sm_temp']})")
+    p.add_argument("--r-temp", type=float, help=f"Gumbel randomization temperature (default {DEFAULTS['r_temp']})")
+    p.add_argument("--schedule", choices=REVEAL_MODES, help=f"reveal schedule (default {DEFAULTS['schedule']})")
+    p.add_argument("--randomize", choices=("linear", "none"), help=f"confidence randomization (default {DEFAULTS['randomize']})")
+    p.add_argument("--seed", type=int, help=f"run seed; trajectory i depends only on it and i (default {DEFAULTS['seed']})")
+    p.add_argument("--batch", type=int, help=f"trajectories sampled together (default {DEFAULTS['batch_size']})")
+    p.add_argument("--shard-size", type=int, help="trajectories per shard, a multiple of --batch (default: about 256 MB per shard, at least 8 shards)")
+    p.add_argument("--dtype", choices=("fp16", "bf16"), help="stored feature dtype (default fp16)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument("--base-dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute dtype of the base model (default fp32)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
+    p.add_argument("--verify", action="store_true", help="with --resume: re-read every finished shard and re-record any that fails its checksum")
+    p.add_argument("--no-disk-check", action="store_true", help="record even when the estimate exceeds the free disk space")
+    p.add_argument("--threads", type=int, help="CPU threads per process (default: torch's choice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def resolve_settings(args, manifest: dict | None) -> dict:
+    """CLI values, else the manifest's (on --resume), else the defaults."""
+    old = manifest or {}
+    old_sampler = old.get("sampler", {})
+    dtype_key = {"fp16": "float16", "bf16": "bfloat16", None: None}[args.dtype]
+
+    def pick(value, key, recorded):
+        if value is not None:
+            return value
+        return recorded if recorded is not None else DEFAULTS[key]
+
+    count = args.count if args.count is not None else old.get("num_trajectories")
+    if count is None:
+        raise ValueError("--count is required for a new recording")
+    classes = parse_classes(args.classes) if args.classes is not None else old.get("conditions", {}).get("classes")
+    return {
+        "count": count,
+        "classes": classes,
+        "steps": pick(args.steps, "steps", old.get("steps")),
+        "cfg": pick(args.cfg, "cfg", old_sampler.get("cfg")),
+        "sm_temp": pick(args.sm_temp, "sm_temp", old_sampler.get("sm_temp")),
+        "r_temp": pick(args.r_temp, "r_temp", old_sampler.get("r_temp")),
+        "schedule": pick(args.schedule, "schedule", old_sampler.get("schedule")),
+        "randomize": pick(args.randomize, "randomize", old_sampler.get("randomize")),
+        "seed": pick(args.seed, "seed", old.get("seed")),
+        "batch_size": pick(args.batch, "batch_size", old.get("batch_size")),
+        "shard_size": args.shard_size if args.shard_size is not None else old.get("shard_size"),
+        "feature_dtype": pick(dtype_key, "feature_dtype", old.get("feature_dtype")),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from shortcut_core import load_migm
+    from shortcut_core.checkpoints import CheckpointError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = setup(args.device)
+    log = print if d.is_main else (lambda msg: None)
+    try:
+        manifest = None
+        if args.resume and (Path(args.out) / MANIFEST).exists():
+            manifest = read_manifest(args.out)
+        settings = resolve_settings(args, manifest)
+        base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
+        migm = load_migm(args.migm, device=d.device, dtype=base_dtype)
+        command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.record", *argv])
+        if d.world_size > 1:
+            command = f"torchrun --nproc_per_node={d.world_size} " + command.removeprefix("python ")
+        result = record_trajectories(
+            migm, args.out, **settings, resume=args.resume, verify=args.verify, rank=d.rank,
+            world_size=d.world_size, barrier=d.barrier if d.active else None,
+            show_progress=not args.no_progress, check_disk_space=not args.no_disk_check, log=log, command=command,
+        )
+        print(f"[rank {d.rank}] {result.report()}" if d.active else result.report(), flush=True)
+        return 0
+    except (ValueError, ManifestError, ShardError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    finally:
+        d.close()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Train the embedded class-conditional MaskGIT on Fashion-MNIST tokens.
+
+The model is ``shortcut_core.maskgit.MaskGIT`` (the code path of the 512-px model) on the
+7x7 token grids of the tokenizer from ``training.train_tokenizer``. Objective as in
+MaskGIT: per image a mask ratio ``arccos(u) / (pi/2)``, ``u ~ U(0, 1)``; every token is
+masked with that probability; cross-entropy (label smoothing 0.1) on the masked positions
+only. The class is replaced by "no class" (``config.null_class``) with probability 0.1,
+which is what classifier-free guidance needs at sampling time.
+
+    python -m training.train_maskgit                 # the shipped model (see --help for sizes)
+    python -m training.train_maskgit --steps 20 --out runs/fmnist/try.safetensors
+
+Writes one bundled MIGM file (base + tokenizer, ``shortcut_core.save_migm``) whose info
+metadata holds the data, steps, metrics, class names and the commands that made it.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from shortcut_core import MaskGIT, MaskGITConfig, MaskGITMIGM, fingerprint, generate, load_vqgan, save_migm
+from shortcut_core.checkpoints import read_safetensors_metadata
+from training.fmnist import CLASS_NAMES, load_fmnist, to_tensor
+from training.train_tokenizer import Log
+
+DEFAULT_OUT = Path("models/migm/fmnist_maskgit.safetensors")
+DEFAULT_VQ = Path("runs/fmnist/vq.safetensors")
+CACHE_DIR = Path(".cache/fmnist_tokens")  # git-ignored
+
+MASKGIT_FMNIST_PRESETS = {
+    # ~1.3 M parameters: one full step costs well over 20 shortcut steps (width 32, 1 block).
+    "fmnist-h128-d6": MaskGITConfig(hidden=128, depth=6, heads=4, mlp_dim=512, grid=7, codebook_size=256, num_classes=10),
+    "fmnist-h96-d6": MaskGITConfig(hidden=96, depth=6, heads=4, mlp_dim=384, grid=7, codebook_size=256, num_classes=10),
+    "fmnist-h128-d8": MaskGITConfig(hidden=128, depth=8, heads=4, mlp_dim=512, grid=7, codebook_size=256, num_classes=10),
+}
+
+# Sampling settings the sweep, the demo and the tests use for this model (stored in its info).
+SAMPLING_DEFAULTS = {"cfg": 1.0, "r_temp": 2.0, "sm_temp": 1.0, "schedule": "arccos"}
+
+
+@torch.no_grad()
+def tokenize(vqgan, split: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 7*7) long token ids and (N,) labels of a split, cached by the tokenizer's weights."""
+    h = hashlib.sha256()
+    for name, t in sorted(vqgan.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    cache = CACHE_DIR / f"{split}_{h.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as data:
+            return torch.from_numpy(data["tokens"]).long(), torch.from_numpy(data["labels"]).long()
+    images, labels = load_fmnist(split)
+    x = to_tensor(images)
+    tokens = torch.cat([vqgan.encode(x[i:i + batch_size]).flatten(1) for i in range(0, len(x), batch_size)])
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, tokens=tokens.numpy().astype(np.int16), labels=labels)
+    return tokens, torch.from_numpy(labels).long()
+
+
+def mask_tokens(tokens: torch.Tensor, generator: torch.Generator, mask_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """MaskGIT's training corruption: (B, L) ids -> (input ids with [MASK], bool mask (B, L))."""
+    B, L = tokens.shape
+    ratio = torch.arccos(torch.rand(B, generator=generator)) / (math.pi / 2)  # (B,) in [0, 1]
+    mask = torch.rand(B, L, generator=generator) < ratio[:, None]
+    # At least one masked position per image, so every image contributes to the loss.
+    empty = ~mask.any(dim=1)
+    if empty.any():
+        mask[empty, torch.randint(L, (int(empty.sum()),), generator=generator)] = True
+    return tokens.masked_fill(mask, mask_id), mask
+
+
+def drop_labels(labels: torch.Tensor, generator: torch.Generator, p: float, null_class: int) -> torch.Tensor:
+    return torch.where(torch.rand(labels.shape, generator=generator) < p, torch.full_like(labels, null_class), labels)
+
+
+@torch.no_grad()
+def masked_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor, seed: int = 0, batch_size: int = 1000) -> float:
+    """Mean masked-token cross-entropy on a token set, with fixed masks (a validation number)."""
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for i in range(0, len(tokens), batch_size):
+        t, y = tokens[i:i + batch_size], labels[i:i + batch_size]
+        inp, mask = mask_tokens(t, generator, model.config.mask_id)
+        logits = model(inp, y)
+        total += F.cross_entropy(logits[mask], t[mask], reduction="sum").item()
+        count += int(mask.sum())
+    return total / count
+
+
+def quick_eval(migm: MaskGITMIGM, per_class: int, steps: int, seed: int = 0) -> dict:
+    """Class consistency (and FD-FMNIST) of a small sample, when the shipped classifier exists."""
+    try:
+        from training.classifier import DEFAULT_CLASSIFIER, load_classifier
+        from training.fd import class_consistency, fd_fmnist, reference_stats
+    except ImportError as exc:  # the evaluation helpers are optional for training
+        return {"skipped": str(exc)}
+    if not DEFAULT_CLASSIFIER.is_file():
+        return {"skipped": f"no classifier at {DEFAULT_CLASSIFIER}"}
+    classifier = load_classifier()
+    classes = [c for c in range(10) for _ in range(per_class)]
+    result = generate(migm, classes, steps=steps, seed=seed, **SAMPLING_DEFAULTS)
+    images = (result.images[..., 0] * 255).round().to(torch.uint8).numpy()  # (B, H, W, 3) -> (B, H, W)
+    return {
+        "images": len(classes), "steps": steps, **SAMPLING_DEFAULTS,
+        "class_consistency": round(class_consistency(images, classes, classifier), 4),
+        "fd_fmnist": round(fd_fmnist(images, classifier, reference_stats(classifier)), 3),
+    }
+
+
+def train(args: argparse.Namespace, command: str) -> Path:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    log = Log(Path(args.log) if args.log else out.with_suffix(".log"))
+    log(f"$ {command}")
+    vqgan = load_vqgan(args.vq)
+    vq_info = read_safetensors_metadata(args.vq).get("info", {})
+    config = MASKGIT_FMNIST_PRESETS[args.preset]
+    model = MaskGIT(config)
+    log(f"MaskGIT {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, {config.to_dict()}")
+
+    t0 = time.perf_counter()
+    train_tokens, train_labels = tokenize(vqgan, "train")
+    test_tokens, test_labels = tokenize(vqgan, "test")
+    log(f"tokenized train {tuple(train_tokens.shape)} and test {tuple(test_tokens.shape)} in {time.perf_counter() - t0:.0f}s")
+
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay_params = [p for n, p in model.named_parameters() if p.ndim >= 2 and "emb" not in n]
+    other_params = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
+    opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": args.weight_decay},
+                             {"params": other_params, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.96))
+    warmup = max(1, args.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    generator = torch.Generator().manual_seed(args.seed)
+    start = time.perf_counter()
+    model.train()
+    for step in range(1, args.steps + 1):
+        idx = torch.randint(len(train_tokens), (args.batch_size,), generator=generator)
+        tokens = train_tokens[idx]
+        inp, mask = mask_tokens(tokens, generator, config.mask_id)
+        classes = drop_labels(train_labels[idx], generator, args.label_drop, config.null_class)
+        logits = model(inp, classes)  # (B, 49, codebook)
+        loss = F.cross_entropy(logits[mask], tokens[mask], label_smoothing=args.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            d = min(args.ema, (1 + step) / (10 + step))
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1 - d)
+        if step % args.log_every == 0 or step == 1:
+            elapsed = time.perf_counter() - start
+            log(f"step {step}/{args.steps}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}  "
+                f"{elapsed:.0f}s ({elapsed / step:.2f} s/step)")
+    train_seconds = time.perf_counter() - start
+    val = masked_loss(ema, test_tokens, test_labels)
+    log(f"trained {args.steps} steps in {train_seconds:.0f}s; masked-token CE on the test split (EMA): {val:.4f}")
+
+    migm = MaskGITMIGM(ema, vqgan, name="fmnist_maskgit", class_names=CLASS_NAMES,
+                       fingerprint=fingerprint(ema.state_dict(), config.to_dict()))
+    metrics = {"test_masked_ce": round(val, 4), "tokenizer": vq_info.get("test_metrics", {})}
+    if args.eval_per_class:
+        t0 = time.perf_counter()
+        metrics["quick_sample"] = quick_eval(migm, args.eval_per_class, steps=8)
+        log(f"quick sample check: {metrics['quick_sample']} ({time.perf_counter() - t0:.0f}s)")
+    info = {
+        "data": "Fashion-MNIST train split (60000 images) tokenized to 7x7 codes; metrics on the test split",
+        "preset": args.preset, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+        "label_drop": args.label_drop, "ema": args.ema, "seed": args.seed, "train_seconds": round(train_seconds),
+        "metrics": metrics, "sampling_defaults": SAMPLING_DEFAULTS,
+        "commands": {"tokenizer": vq_info.get("command", "python -m training.train_tokenizer"), "maskgit": command},
+    }
+    save_migm(migm, out, info=info)
+    log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(MASKGIT_FMNIST_PRESETS), default="fmnist-h128-d6")
+    p.add_argument("--vq", default=str(DEFAULT_VQ), help="tokenizer from training.train_tokenizer")
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=0.03)
+    p.add_argument("--label-drop", type=float, default=0.1, help="probability of training a sample as 'no class'")
+    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--eval-per-class", type=int, default=50, help="images per class for the final quick check (0: skip)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--log", default="", help="log file (default: <out>.log, kept beside runs/ outputs)")
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    return train(parse_args(argv), ("python -m training.train_maskgit " + shlex.join(argv)).strip())
+
+
+if __name__ == "__main__":
+    main()
