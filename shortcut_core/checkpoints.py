@@ -181,8 +181,10 @@ def check_keys(module: torch.nn.Module, state_dict: dict, what: str, path) -> No
 def fingerprint(state_dict: dict, config: dict) -> str:
     """Short hash of a model's config and weights, stable across file formats.
 
-    Hashes every tensor's name, shape and up to 4096 evenly strided values (as float32),
-    so converting .pth -> .safetensors keeps the fingerprint while retrained weights change it.
+    Hashes every tensor's name, shape and up to 4096 evenly strided values, so converting
+    .pth -> .safetensors keeps the fingerprint while retrained weights change it. Values are
+    rounded to bfloat16 first: a bf16 checkpoint loaded in fp32 (or an fp32 one stored in
+    bf16) keeps its fingerprint.
     """
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for name in sorted(state_dict):
@@ -192,5 +194,5 @@ def fingerprint(state_dict: dict, config: dict) -> str:
         flat = t.reshape(-1)
         if flat.numel() > 4096:
             flat = flat[:: flat.numel() // 4096][:4096]
-        h.update(flat.to("cpu", torch.float32).numpy().tobytes())
+        h.update(flat.to("cpu", torch.bfloat16).to(torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]

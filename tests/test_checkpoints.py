@@ -208,3 +208,13 @@ def test_wrong_files_are_named(tmp_path):
     save_safetensors(bad, sd, "migm", TINY_MASKGIT.to_dict(), family="maskgit")
     with pytest.raises(CheckpointError, match="missing 1 keys: bias"):
         load_migm(bad)
+
+
+def test_fingerprint_ignores_load_dtype():
+    from shortcut_core import fingerprint
+
+    sd = {"w": torch.randn(64, 64).to(torch.bfloat16)}
+    as_fp32 = {"w": sd["w"].float()}
+    assert fingerprint(sd, {"a": 1}) == fingerprint(as_fp32, {"a": 1})
+    assert fingerprint(sd, {"a": 1}) != fingerprint({"w": sd["w"] + 1}, {"a": 1})
+    assert fingerprint(sd, {"a": 1}) != fingerprint(sd, {"a": 2})

@@ -121,13 +121,25 @@ class PairBatch:
 
 def gather_pairs(recording: Recording, cache: dict[int, dict], rows: list[tuple[int, int]], branch: str, s: int,
                  device: torch.device) -> PairBatch:
-    """Stack the pairs (s -> s+1) of ``rows`` [(shard, row)] from loaded shards into a batch."""
-    feats = torch.stack([cache[k][f"{branch}.features"][j, s:s + 2] for k, j in rows])  # (B, 2, T, C)
-    revealed = torch.stack([cache[k][f"{branch}.revealed_at"][j] for k, j in rows]).long()  # (B, T)
+    """Stack the pairs (s -> s+1) of ``rows`` [(shard, row)] from loaded shards into a batch.
+
+    Families whose sequences are right padded (DiMOO: ``{branch}.length``) get the batch
+    cut to its longest row; their recipe's ``pair_fields`` tensors go to ``pair_inputs``.
+    """
+    recipe = recording.recipe
+    fields = {f: torch.stack([cache[k][f"{branch}.{f}"][j] for k, j in rows])
+              for f in getattr(recipe, "pair_fields", ())}
+    seq = int(fields["length"].max()) if "length" in fields else None  # None: the whole stored sequence
+    feats = torch.stack([cache[k][f"{branch}.features"][j, s:s + 2, :seq] for k, j in rows])  # (B, 2, T, C)
+    revealed = torch.stack([cache[k][f"{branch}.revealed_at"][j, :seq] for k, j in rows]).long()  # (B, T)
     final_ids = torch.stack([cache[k]["final_ids"][j] for k, j in rows]).long()  # (B, L)
     feats = feats.to(device, non_blocking=True).float()
-    inputs, loss_mask = recording.recipe.pair_inputs(revealed.to(device), final_ids.to(device), s,
-                                                     recording.num_image_tokens)
+    if fields:
+        inputs, loss_mask = recipe.pair_inputs(revealed.to(device), final_ids.to(device), s, recording.num_image_tokens,
+                                               branch=branch, **{f: v.to(device) for f, v in fields.items()})
+    else:
+        inputs, loss_mask = recipe.pair_inputs(revealed.to(device), final_ids.to(device), s,
+                                               recording.num_image_tokens)
     names = tuple(sorted({recording.shards[k]["file"] for k, _ in rows}))
     return PairBatch(feats[:, 0], feats[:, 1], inputs, loss_mask, s, branch, names)
 

@@ -1,17 +1,18 @@
 """Record base-model trajectories for shortcut training.
 
     python -m training.record --migm BASE.safetensors --out data/traj --count 2000 [--resume]
+    python -m training.record --migm models/Lumina-DiMOO --prompts prompts.txt --out data/dimoo --count 500
     torchrun --nproc_per_node=4 -m training.record --migm BASE --out DIR --count 20000
 
 Runs plain sampling (every step full) at N_train steps over a list of conditions and
 stores, per trajectory and guidance branch, the feature at every step, the step that
 revealed each position and the final ids (format: ``training/trajectories.py``).
 
-Trajectory i's condition is ``classes[i % len(classes)]``; it is sampled in the batch
-``i // batch_size`` whose seed derives from (run seed, batch index) only. Shards hold
-whole batches and are written atomically, so an interrupted run leaves every finished
-shard valid and ``--resume`` records exactly the missing ones. Under torchrun, shard j
-goes to rank j % K.
+Trajectory i's condition is ``classes[i % len(classes)]`` (Lumina-DiMOO: ``prompts[i %
+len(prompts)]``, ``--prompts FILE``); it is sampled in the batch ``i // batch_size`` whose
+seed derives from (run seed, batch index) only. Shards hold whole batches and are written
+atomically, so an interrupted run leaves every finished shard valid and ``--resume``
+records exactly the missing ones. Under torchrun, shard j goes to rank j % K.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from shortcut_core import REVEAL_MODES, reveal_counts, sample
+from shortcut_core import REVEAL_MODES, sample
 
 from .distributed import setup, share
 from .pairs import recipe_for
@@ -55,6 +56,10 @@ from .trajectories import (
 
 DEFAULTS = {"steps": 15, "cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0, "schedule": "arccos", "randomize": "linear",
             "seed": 0, "batch_size": 8, "feature_dtype": "float16"}
+# Lumina-DiMOO: its sampler's defaults (T=64, cfg 4, temperature 1, 1024 px); batch 1 = one seed per trajectory.
+DIMOO_DEFAULTS = {"steps": 64, "cfg": 4.0, "temperature": 1.0, "height": 1024, "width": 1024, "seed": 0,
+                  "batch_size": 1, "feature_dtype": "float16"}
+FAMILY_DEFAULTS = {"maskgit": DEFAULTS, "dimoo": DIMOO_DEFAULTS}
 SHARD_TARGET_BYTES = 256e6  # auto shard size aims at about this much per shard
 # Settings that must not change between a run and its --resume: they decide what trajectory i is.
 RESUME_KEYS = ("family", "base_fingerprint", "steps", "sampler", "conditions", "seed", "batch_size", "shard_size",
@@ -166,14 +171,14 @@ def record_trajectories(
     *,
     count: int,
     classes: Sequence | None = None,
-    steps: int = DEFAULTS["steps"],
-    cfg: float = DEFAULTS["cfg"],
-    sm_temp: float = DEFAULTS["sm_temp"],
-    r_temp: float = DEFAULTS["r_temp"],
-    schedule: str = DEFAULTS["schedule"],
-    randomize: str = DEFAULTS["randomize"],
+    steps: int | None = None,
+    cfg: float | None = None,
+    sm_temp: float | None = None,
+    r_temp: float | None = None,
+    schedule: str | None = None,
+    randomize: str | None = None,
     seed: int = DEFAULTS["seed"],
-    batch_size: int = DEFAULTS["batch_size"],
+    batch_size: int | None = None,
     shard_size: int | None = None,
     feature_dtype: str = DEFAULTS["feature_dtype"],
     resume: bool = False,
@@ -187,31 +192,49 @@ def record_trajectories(
     check_disk_space: bool = True,
     log: Callable[[str], None] = print,
     command: str | None = None,
+    prompts: Sequence[str] | None = None,
+    temperature: float | None = None,
+    height: int | None = None,
+    width: int | None = None,
 ) -> RecordResult:
     """Record ``count`` trajectories of plain sampling into ``out_dir``.
 
-    ``classes``: class indices or names to cycle through (None: every class).
+    ``classes``: class indices or names to cycle through (None: every class), for
+    class-conditional models (MaskGIT). ``prompts``: prompt strings to cycle through, for
+    Lumina-DiMOO (with ``temperature``, ``height``, ``width``). Sampler settings left at
+    None take the family's defaults (``DEFAULTS``, ``DIMOO_DEFAULTS``); options of the
+    other family are refused (MaskGIT) or ignored (DiMOO ignores schedule, sm_temp,
+    r_temp and randomize).
     ``progress(done, total)`` is called after each batch with this rank's trajectory
     counts; ``should_stop()`` is polled at every sampling step and stops cleanly (the
     shard in progress is dropped, every finished shard stays valid). Several processes
     pass ``rank``/``world_size`` (and a ``barrier``) to split the shards between them.
     """
     t_start = time.perf_counter()
+    recipe = recipe_for(migm.family)
+    defaults = FAMILY_DEFAULTS.get(migm.family, DEFAULTS)
+
+    def pick(value, key):
+        return defaults.get(key) if value is None else value
+
+    steps, batch_size = pick(steps, "steps"), pick(batch_size, "batch_size")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    recipe = recipe_for(migm.family)
     root = Path(out_dir)
-    conditions_spec = recipe.resolve_conditions(migm, classes)
-    sampler = {"schedule": schedule, "cfg": float(cfg), "sm_temp": float(sm_temp), "r_temp": float(r_temp),
-               "randomize": randomize}
+    conditions_spec = recipe.resolve_conditions(migm, classes, prompts)
+    sampler = recipe.sampler_settings(
+        cfg=pick(cfg, "cfg"), sm_temp=pick(sm_temp, "sm_temp"), r_temp=pick(r_temp, "r_temp"),
+        schedule=pick(schedule, "schedule"), randomize=pick(randomize, "randomize"),
+        temperature=pick(temperature, "temperature"), height=pick(height, "height"), width=pick(width, "width"))
+    cfg, schedule = sampler["cfg"], sampler.get("schedule")
     branches = recipe.branches(sampler)
-    shapes = recipe.feature_shapes(migm, branches)
-    num_image_tokens = recipe.num_image_tokens(migm)
-    counts = reveal_counts(num_image_tokens, steps, schedule)  # validates steps and schedule
+    shapes = recipe.feature_shapes(migm, branches, sampler=sampler, conditions=conditions_spec)
+    num_image_tokens = recipe.num_image_tokens(migm, sampler)
+    counts = recipe.reveal_counts(migm, steps, sampler)  # validates steps (and the schedule)
     fdtype = torch_feature_dtype(feature_dtype)
-    bpt = bytes_per_trajectory(shapes, steps, num_image_tokens, fdtype)
+    bpt = bytes_per_trajectory(shapes, steps, num_image_tokens, fdtype) + recipe.extra_bytes(shapes)
     if shard_size is None:
         shard_size = auto_shard_size(bpt, count, batch_size)
     if shard_size < 1 or shard_size % batch_size:
@@ -253,6 +276,7 @@ def record_trajectories(
         "base": {"name": migm.name, "family": migm.family, "config": migm.config.to_dict()},
         "num_image_tokens": num_image_tokens,
         "reveal_counts": counts,
+        **recipe.manifest_extra(migm, sampler, conditions_spec),
         "created": created,
         "command": command or "",
         "software": _software(),
@@ -272,7 +296,7 @@ def record_trajectories(
         remaining_all = sum(n for j, _, n in plan if j not in done)
         free = shutil.disk_usage(root).free
         log(f"recording {count} trajectories of {migm.name} ({', '.join(branches)}; N={steps} steps, "
-            f"{schedule}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
+            f"{schedule or migm.family}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
             f"{human_bytes(bpt * count)} in all in {len(plan)} shards of {shard_size}; "
             f"{sum(n for j, _, n in plan if j in done)} already on disk; about {human_bytes(bpt * remaining_all)} "
             f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else ""))
@@ -299,6 +323,7 @@ def record_trajectories(
             conditions = {b: torch.empty(n, dtype=torch.int64) for b in branches}
             final_ids = torch.empty((n, num_image_tokens), dtype=torch.int32)
             seeds = torch.empty(n, dtype=torch.int64)
+            extra_tensors: dict[str, torch.Tensor] = {}  # family-specific per-branch tensors ({b}.{name})
             for b0 in range(first, first + n, batch_size):
                 nb = min(batch_size, first + n - b0)
                 lo = b0 - first
@@ -307,17 +332,29 @@ def record_trajectories(
                 last = {}
 
                 def collect(info, lo=lo, nb=nb, last=last):
-                    for b, feat in recipe.split_features(info.feats, branches).items():
-                        buffers[b][lo:lo + nb, info.step] = feat.to(fdtype).cpu()  # cast first: half the copy
+                    for b, feat in recipe.split_features(info.feats, branches, info.state).items():
+                        seq = feat.shape[1]  # shorter than the layout when the family pads (DiMOO)
+                        buffers[b][lo:lo + nb, info.step, :seq] = feat.to(fdtype).cpu()  # cast first: half the copy
+                        if seq < buffers[b].shape[2]:
+                            buffers[b][lo:lo + nb, info.step, seq:] = 0
                     last["state"] = info.state
                     if stop_requested():
                         raise RecordingStopped
 
                 res = sample(migm, batch_conditions, steps=steps, seed=batch_seed, callback=collect, decode=False,
                              **sampler)
-                for b, rec in recipe.branch_records(migm, last["state"], branches).items():
+                records = recipe.branch_records(migm, last["state"], branches, shapes=shapes, first=b0,
+                                                conditions=conditions_spec)
+                for b, rec in records.items():
                     revealed[b][lo:lo + nb] = rec["revealed_at"].to("cpu", torch.int16)
                     conditions[b][lo:lo + nb] = rec["condition"].to("cpu", torch.int64)
+                    for key, t in rec.items():
+                        if key in ("revealed_at", "condition"):
+                            continue
+                        name = f"{b}.{key}"
+                        if name not in extra_tensors:
+                            extra_tensors[name] = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+                        extra_tensors[name][lo:lo + nb] = t.cpu()
                 final_ids[lo:lo + nb] = recipe.final_ids(res).to("cpu", torch.int32)
                 seeds[lo:lo + nb] = batch_seed
                 done_mine += nb
@@ -330,6 +367,7 @@ def record_trajectories(
                 tensors[f"{b}.features"] = buffers[b]
                 tensors[f"{b}.revealed_at"] = revealed[b]
                 tensors[f"{b}.condition"] = conditions[b]
+            tensors.update(extra_tensors)
             entry = write_shard(root / shard_name(j), tensors, first=first, count=n, fingerprint=migm.fingerprint)
             done[j] = entry
             result.written += n
@@ -374,28 +412,53 @@ def parse_classes(spec: str | None):
     return out
 
 
+def read_prompts(path) -> list[str]:
+    """One prompt per line (UTF-8); blank lines are skipped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--prompts {path}: cannot read the file ({exc})") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"--prompts {path} holds no prompt (one prompt per line)")
+    return prompts
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.record",
         description="Record plain-sampling trajectories of a base model for shortcut training. "
                     "Settings left out on --resume are taken from the folder's manifest.",
     )
-    p.add_argument("--migm", required=True, help="base model: native .safetensors or the published MaskGIT .pth")
+    p.add_argument("--migm", required=True, help="base model: native .safetensors, the published MaskGIT .pth, "
+                                                 "or a Lumina-DiMOO checkpoint folder")
     p.add_argument("--out", required=True, help="dataset folder (created; holds manifest.json and shard-*.safetensors)")
     p.add_argument("--count", type=int, help="trajectories to record in all (required for a new folder)")
     p.add_argument("--classes", help="classes to cycle through: 'all' (default), '0-9', '0,3,7' or class names")
-    p.add_argument("--steps", type=int, help=f"N_train sampling steps (default {DEFAULTS['steps']}, the paper's MaskGIT setting)")
-    p.add_argument("--cfg", type=float, help=f"guidance scale w (default {DEFAULTS['cfg']}); 0 records only the conditional branch")
+    p.add_argument("--prompts", metavar="FILE", help="Lumina-DiMOO: a text file with one prompt per line; trajectory i "
+                                                     "gets line i, cycling")
+    p.add_argument("--steps", type=int, help=f"N_train sampling steps (default {DEFAULTS['steps']}, the paper's "
+                                             f"MaskGIT setting; Lumina-DiMOO: {DIMOO_DEFAULTS['steps']})")
+    p.add_argument("--cfg", type=float, help=f"guidance scale w (default {DEFAULTS['cfg']}; Lumina-DiMOO: "
+                                             f"{DIMOO_DEFAULTS['cfg']}); 0 records only the conditional branch")
+    p.add_argument("--temperature", type=float, help=f"Lumina-DiMOO sampling temperature (default "
+                                                     f"{DIMOO_DEFAULTS['temperature']})")
+    p.add_argument("--height", type=int, help=f"Lumina-DiMOO image height in pixels, a multiple of 16 (default "
+                                              f"{DIMOO_DEFAULTS['height']})")
+    p.add_argument("--width", type=int, help=f"Lumina-DiMOO image width in pixels, a multiple of 16 (default "
+                                             f"{DIMOO_DEFAULTS['width']})")
     p.add_argument("--sm-temp", type=float, help=f"softmax temperature (default {DEFAULTS['sm_temp']})")
     p.add_argument("--r-temp", type=float, help=f"Gumbel randomization temperature (default {DEFAULTS['r_temp']})")
     p.add_argument("--schedule", choices=REVEAL_MODES, help=f"reveal schedule (default {DEFAULTS['schedule']})")
     p.add_argument("--randomize", choices=("linear", "none"), help=f"confidence randomization (default {DEFAULTS['randomize']})")
     p.add_argument("--seed", type=int, help=f"run seed; trajectory i depends only on it and i (default {DEFAULTS['seed']})")
-    p.add_argument("--batch", type=int, help=f"trajectories sampled together (default {DEFAULTS['batch_size']})")
+    p.add_argument("--batch", type=int, help=f"trajectories sampled together (default {DEFAULTS['batch_size']}; "
+                                             f"Lumina-DiMOO: {DIMOO_DEFAULTS['batch_size']})")
     p.add_argument("--shard-size", type=int, help="trajectories per shard, a multiple of --batch (default: about 256 MB per shard, at least 8 shards)")
     p.add_argument("--dtype", choices=("fp16", "bf16"), help="stored feature dtype (default fp16)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1 ...")
-    p.add_argument("--base-dtype", choices=("fp32", "bf16", "fp16"), default="fp32", help="compute dtype of the base model (default fp32)")
+    p.add_argument("--base-dtype", choices=("fp32", "bf16", "fp16"), help="compute dtype of the base model (default fp32; "
+                                                                      "Lumina-DiMOO: bf16 on GPUs, fp32 on the CPU)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     p.add_argument("--verify", action="store_true", help="with --resume: re-read every finished shard and re-record any that fails its checksum")
     p.add_argument("--no-disk-check", action="store_true", help="record even when the estimate exceeds the free disk space")
@@ -404,20 +467,52 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve_settings(args, manifest: dict | None) -> dict:
-    """CLI values, else the manifest's (on --resume), else the defaults."""
+MASKGIT_ONLY = ("classes", "sm_temp", "r_temp", "schedule", "randomize")
+DIMOO_ONLY = ("prompts", "temperature", "height", "width")
+
+
+def family_of(path) -> str:
+    """The base model family of a --migm path, without loading it (a folder is Lumina-DiMOO)."""
+    return "dimoo" if Path(path).is_dir() else "maskgit"
+
+
+def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> dict:
+    """CLI values, else the manifest's (on --resume), else the family's defaults."""
     old = manifest or {}
     old_sampler = old.get("sampler", {})
     dtype_key = {"fp16": "float16", "bf16": "bfloat16", None: None}[args.dtype]
+    defaults = FAMILY_DEFAULTS.get(family, DEFAULTS)
+    wrong = MASKGIT_ONLY if family == "dimoo" else DIMOO_ONLY
+    given = [f"--{k.replace('_', '-')}" for k in wrong if getattr(args, k, None) is not None]
+    if given:
+        kind = "Lumina-DiMOO (text-to-image)" if family == "dimoo" else "MaskGIT (class-conditional)"
+        raise ValueError(f"{', '.join(given)} do(es) not apply to {kind} base models")
 
     def pick(value, key, recorded):
         if value is not None:
             return value
-        return recorded if recorded is not None else DEFAULTS[key]
+        return recorded if recorded is not None else defaults[key]
 
     count = args.count if args.count is not None else old.get("num_trajectories")
     if count is None:
         raise ValueError("--count is required for a new recording")
+    if family == "dimoo":
+        prompts = read_prompts(args.prompts) if args.prompts is not None else old.get("conditions", {}).get("prompts")
+        if prompts is None:
+            raise ValueError("--prompts FILE (one prompt per line) is required for a new Lumina-DiMOO recording")
+        return {
+            "count": count,
+            "prompts": prompts,
+            "steps": pick(args.steps, "steps", old.get("steps")),
+            "cfg": pick(args.cfg, "cfg", old_sampler.get("cfg")),
+            "temperature": pick(args.temperature, "temperature", old_sampler.get("temperature")),
+            "height": pick(args.height, "height", old_sampler.get("height")),
+            "width": pick(args.width, "width", old_sampler.get("width")),
+            "seed": pick(args.seed, "seed", old.get("seed")),
+            "batch_size": pick(args.batch, "batch_size", old.get("batch_size")),
+            "shard_size": args.shard_size if args.shard_size is not None else old.get("shard_size"),
+            "feature_dtype": pick(dtype_key, "feature_dtype", old.get("feature_dtype")),
+        }
     classes = parse_classes(args.classes) if args.classes is not None else old.get("conditions", {}).get("classes")
     return {
         "count": count,
@@ -449,8 +544,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         manifest = None
         if args.resume and (Path(args.out) / MANIFEST).exists():
             manifest = read_manifest(args.out)
-        settings = resolve_settings(args, manifest)
-        base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.base_dtype]
+        family = family_of(args.migm)
+        settings = resolve_settings(args, manifest, family)
+        dtype_name_ = args.base_dtype or ("fp32" if family == "maskgit" else None)  # DiMOO: the loader's choice
+        base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[dtype_name_]
         migm = load_migm(args.migm, device=d.device, dtype=base_dtype)
         command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.record", *argv])
         if d.world_size > 1:

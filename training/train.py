@@ -80,13 +80,29 @@ def lr_at(step: int, base: float, decay: float, milestones: Sequence[int]) -> fl
     return base * decay ** sum(step >= m for m in milestones)
 
 
-def shortcut_config_from_args(args, dim: int, recipe):
+def shortcut_config_from_args(args, dim: int, recipe, base=None):
+    """The shortcut config the CLI asks for.
+
+    ``--heads`` / ``--mlp-ratio`` left out take the family's defaults (MaskGIT: 16 heads,
+    ratio 4; DiMOO: the base model's heads and SwiGLU width, i.e. ``DiMOOShortcutConfig.for_base``).
+    """
+    defaults = recipe.architecture_defaults(base)
+    heads = args.heads if args.heads is not None else defaults["heads"]
+    mlp_ratio = args.mlp_ratio if args.mlp_ratio is not None else defaults["mlp_ratio"]
     width = args.width if args.width else round(dim / args.bottleneck_ratio)
-    if width < 1 or width % args.heads:
+    if width < 1 or width % heads:
         raise ValueError(f"shortcut width {width} (feature width {dim} / bottleneck ratio {args.bottleneck_ratio}) "
-                         f"is not a positive multiple of --heads {args.heads}; pick --width or --heads to fit")
-    return recipe.shortcut_config(dim, width=width, n_block=args.n_block, heads=args.heads, mlp_ratio=args.mlp_ratio,
-                                  embed_t=not args.no_mask_ratio_embedding, dropout=args.dropout)
+                         f"is not a positive multiple of --heads {heads}; pick --width or --heads to fit")
+    return recipe.shortcut_config(dim, width=width, n_block=args.n_block, heads=heads, mlp_ratio=mlp_ratio,
+                                  embed_t=not args.no_mask_ratio_embedding, dropout=args.dropout, base=base)
+
+
+def ema_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A frozen deep copy for the EMA that shares, never copies, tensors the model holds as plain
+    attributes (the DiMOO shortcut's bound base embedding table, 134548 x 4096): parameters and
+    buffers are copied, those are not (they are not in any state dict either)."""
+    shared = {id(v): v for v in vars(model).values() if torch.is_tensor(v)}
+    return copy.deepcopy(model, memo=shared).eval().requires_grad_(False)
 
 
 @torch.no_grad()
@@ -339,7 +355,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             f"{recording.manifest.get('num_trajectories')} trajectories); training on the finished shards")
     dim = recording.feature_shapes[recording.branches[0]][1]
     recording.check(skip_bad=args.skip_bad_shards, log=log)
-    config = shortcut_config_from_args(args, dim, recording.recipe)
+    config = shortcut_config_from_args(args, dim, recording.recipe, getattr(migm, "config", None))
 
     torch.manual_seed(args.seed)
     model = migm.build_shortcut(config)  # refuses features of another width than the base model's
@@ -347,7 +363,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
         torch.nn.init.zeros_(model.proj_out.weight)  # start as the copy-previous baseline
         torch.nn.init.zeros_(model.proj_out.bias)
     model.train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = ema_copy(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -581,12 +597,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast on GPUs (auto = bf16 on CUDA, off on CPU)")
     g.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
     g.add_argument("--window", type=int, default=4, help="shards held in memory and shuffled together (default 4)")
-    g = p.add_argument_group("shortcut architecture (paper defaults: bottleneck ratio 2, 1 block, 16 heads)")
+    g = p.add_argument_group("shortcut architecture (paper defaults: bottleneck ratio 2, 1 block, 16 heads; "
+                             "DiMOO: ratio 2, 1 block, the base model's heads)")
     g.add_argument("--width", type=int, help="bottleneck width (default: feature width / --bottleneck-ratio)")
     g.add_argument("--bottleneck-ratio", type=float, default=2.0, help="feature width / bottleneck width (default 2)")
     g.add_argument("--n-block", type=int, default=1, help="cross+self attention blocks (default 1)")
-    g.add_argument("--heads", type=int, default=16, help="attention heads (default 16)")
-    g.add_argument("--mlp-ratio", type=int, default=4, help="feed-forward width / bottleneck width (default 4)")
+    g.add_argument("--heads", type=int, help="attention heads (default 16; DiMOO: the base model's, 32)")
+    g.add_argument("--mlp-ratio", type=int, help="feed-forward width / bottleneck width (default 4; DiMOO: the "
+                                                 "SwiGLU hidden width stays the base model's, 12288)")
     g.add_argument("--dropout", type=float, default=0.0, help="dropout (default 0)")
     g.add_argument("--no-mask-ratio-embedding", action="store_true", help="drop the mask-ratio adaLN conditioning")
     g.add_argument("--init", choices=("zero-out", "random"), default="zero-out",
@@ -608,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_args(args) -> None:
     for name in ("iters", "batch", "accum", "n_block", "heads", "mlp_ratio", "log_every"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.ema < 1:
         raise ValueError(f"--ema {args.ema} must be in [0, 1)")

@@ -154,13 +154,13 @@ def train(args: argparse.Namespace, command: str) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(VQ_PRESETS), default="fmnist-f4-256")
-    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--restart-every", type=int, default=100, help="restart codes unused for this many steps")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="1 is much faster than 2 on a busy 2-core machine")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args(argv)
 

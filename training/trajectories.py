@@ -13,6 +13,11 @@ indices) and, for every guidance branch ``b`` (``cond``, and ``uncond`` with gui
 | ``index`` | (n,) | int64 | global trajectory index |
 | ``seed`` | (n,) | int64 | sampler seed of the batch the trajectory was drawn in |
 
+Lumina-DiMOO adds, per branch, ``{b}.ids`` (n, T) int32 (the branch's final sequence: prompt
+token ids, specials, image vocab ids), ``{b}.length`` and ``{b}.prefix_len`` (n,) int32 (valid
+sequence length, tokens before BOA); its ``features``, ``revealed_at`` and ``ids`` are right
+padded to the longest prompt of the recording (``training/pairs.py::DIMOO_LAYOUT``).
+
 Each shard's safetensors metadata repeats ``first``, ``count``, the base fingerprint and
 a sha256 ``checksum`` over its tensors, so a shard checks itself. Shards are written to a
 temporary name and renamed, so a shard file that exists is complete. The manifest
@@ -223,7 +228,7 @@ def manifest_fields() -> dict[str, str]:
     """What each manifest field means (also printed in training/README.md)."""
     return {
         "format, version": f"{FORMAT!r}, {VERSION}",
-        "family": "model family of the base (maskgit)",
+        "family": "model family of the base (maskgit or dimoo)",
         "base_fingerprint": "shortcut_core.checkpoints.fingerprint of the base model's weights and config",
         "base": "name, family and config of the base model",
         "steps": "N_train: sampling steps per trajectory",
@@ -232,8 +237,11 @@ def manifest_fields() -> dict[str, str]:
         "branches": "guidance branches stored per trajectory, e.g. ['cond', 'uncond']",
         "feature_shapes": "branch -> [T, C]: sequence length and feature width",
         "feature_dtype": "float16 or bfloat16",
-        "num_image_tokens": "L: image positions (the first L sequence positions for maskgit)",
-        "conditions": "how trajectory i's condition is chosen (classes, cycled by i)",
+        "num_image_tokens": "L: image positions (the first L sequence positions for maskgit; where revealed_at >= 0 "
+                            "for dimoo)",
+        "conditions": "how trajectory i's condition is chosen (classes or prompts, cycled by i)",
+        "image_grid, image_offset, pad_id, layout": "dimoo only: token grid, image vocab offset, padding id and a "
+                                                    "description of the padded per-branch layout",
         "seed, batch_size, shard_size": "the run seed; trajectory i's batch seed derives from (seed, i // batch_size)",
         "num_trajectories, num_shards": "planned totals",
         "shards": "list of {file, first, count, bytes, checksum} for every completed shard",
