@@ -21,8 +21,13 @@ torch_version="$("$py" -c 'import torch; print(torch.__version__)')"
 script_sum="$(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
 want="$HORDE_PIN torch=$torch_version script=$script_sum"
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$comfy/main.py" ] \
-   && "$py" -c 'import aiohttp, yaml, sqlalchemy, alembic, websocket, requests' 2>/dev/null; then
+installed() {  # finds the modules without importing them (fast)
+  "$py" -c 'import importlib.util as u, sys
+sys.exit(any(u.find_spec(m) is None for m in sys.argv[1:]))' \
+    aiohttp yaml sqlalchemy alembic av transformers comfyui_frontend_package \
+    comfyui_workflow_templates torchvision websocket requests
+}
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -f "$comfy/main.py" ] && installed; then
   echo "ComfyUI already set up in $comfy ($want)"
   exit 0
 fi

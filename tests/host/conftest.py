@@ -131,7 +131,9 @@ def comfy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         *shlex.split(os.environ.get("MIGM_COMFY_ARGS", "")),
     ]
     env = dict(os.environ, MIGM_COMFYUI_DIR=str(root), PYTHONUNBUFFERED="1",
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               # The test graphs run tiny models: extra threads only fight the test runner for the 2 cores.
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     log_path = work / "comfyui.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=work, env=env, stdout=log,

@@ -1,0 +1,152 @@
+"""Shortcut Sampler: ``shortcut_core.generate`` with ComfyUI's progress bar, interrupt and devices."""
+from __future__ import annotations
+
+import logging
+
+import comfy.model_management
+import comfy.utils
+from comfy_api.latest import io, ui
+
+from ..shortcut_core import REVEAL_MODES, generate
+from .options import (
+    CUSTOM,
+    MODEL_DEFAULT,
+    OFF,
+    PRESETS,
+    SEED_MAX,
+    STEPS_MAX,
+    STEPS_MIN,
+    parse_classes,
+    parse_prompts,
+    repeat_each,
+    step_plan,
+    with_model_defaults,
+)
+from .types import MIGM, SHORTCUT
+
+log = logging.getLogger("migm_shortcut")
+
+
+class ShortcutSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MIGMShortcutSampler",
+            display_name="Shortcut Sampler",
+            category="MIGM-Shortcut",
+            description="Samples images from a masked image generation model. Only B of the N steps run the "
+                        "base model; the shortcut predicts the others. Without a shortcut, or with the preset "
+                        "'off (plain)', every step runs the base model: exactly the unaccelerated result. "
+                        "The report output (also logged) says how many base passes ran.",
+            inputs=[
+                MIGM.Input("migm", tooltip="The base model (Load MIGM)."),
+                io.Combo.Input("preset", options=list(PRESETS), default=CUSTOM,
+                               tooltip="custom: use steps / full_steps / full_step_list below. "
+                                       f"'{OFF}': every step runs the base model (exactly the plain result). "
+                                       "The paper presets fix N and B and ignore those three inputs; guidance, "
+                                       "temperatures and size stay as set."),
+                io.String.Input("classes", default="0",
+                                tooltip="Class-conditional models (MaskGIT): a class index or name, a comma list "
+                                        "('0,7', 'sandal, bag'), a range ('0-9') or 'all'. Ignored by "
+                                        "text-to-image models."),
+                io.String.Input("prompt", default="", multiline=True,
+                                tooltip="Text-to-image models (Lumina-DiMOO): the prompt; one per line for "
+                                        "several. Ignored by class-conditional models."),
+                io.Int.Input("width", default=1024, min=16, max=4096, step=16,
+                             tooltip="Lumina-DiMOO image width in pixels (a multiple of 16). MaskGIT's size is "
+                                     "fixed by the model."),
+                io.Int.Input("height", default=1024, min=16, max=4096, step=16,
+                             tooltip="Lumina-DiMOO image height in pixels (a multiple of 16)."),
+                io.Int.Input("batch_size", default=1, min=1, max=256,
+                             tooltip="Images per class (or per prompt line)."),
+                io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
+                             tooltip="Random seed; the same seed and settings give the same images."),
+                io.Int.Input("steps", default=16, min=STEPS_MIN, max=STEPS_MAX,
+                             tooltip="N: sampling steps (at most the number of image tokens)."),
+                io.Int.Input("full_steps", default=4, min=STEPS_MIN, max=STEPS_MAX,
+                             tooltip="B: steps that run the base model, spread evenly and always including "
+                                     "step 0; the other N-B steps use the shortcut. B = N is plain sampling "
+                                     "(off). Must not exceed steps."),
+                io.String.Input("full_step_list", default="",
+                                tooltip="Explicit full steps, e.g. '0,3,5,8,11' (must start at 0, increasing, "
+                                        "below N). When not empty it replaces full_steps. Empty (default): use "
+                                        "full_steps."),
+                io.Combo.Input("schedule", options=list(REVEAL_MODES), default="arccos",
+                               tooltip="MaskGIT reveal schedule: how many tokens each step uncovers. "
+                                       "Lumina-DiMOO always uses its own cosine schedule."),
+                io.Float.Input("cfg", default=MODEL_DEFAULT, min=MODEL_DEFAULT, max=30.0, step=0.1, round=0.01,
+                               tooltip="Guidance scale; 0 turns guidance off (one pass per step instead of two). "
+                                       "-1: the model's recommended value (from its file, else the paper's: "
+                                       "MaskGIT 2.8, ramped up over the steps; Lumina-DiMOO 4.0)."),
+                io.Float.Input("sm_temp", default=MODEL_DEFAULT, min=MODEL_DEFAULT, max=10.0, step=0.05, round=0.01,
+                               tooltip="MaskGIT softmax temperature on the logits (1 = unchanged). -1: the model's "
+                                       "recommended value (1 for the published models)."),
+                io.Float.Input("r_temp", default=MODEL_DEFAULT, min=MODEL_DEFAULT, max=50.0, step=0.5, round=0.01,
+                               tooltip="MaskGIT randomness in which tokens are revealed (Gumbel noise, fading over "
+                                       "the steps); 0: always the most confident. -1: the model's recommended "
+                                       "value (7 for MaskGIT-512)."),
+                io.Float.Input("temperature", default=1.0, min=0.0, max=10.0, step=0.05, round=0.01,
+                               tooltip="Lumina-DiMOO sampling temperature; 0 picks the most likely token."),
+                SHORTCUT.Input("shortcut", optional=True,
+                               tooltip="The shortcut (Load Shortcut). Not connected: plain sampling, every step "
+                                       "runs the base model."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="IMAGE", tooltip="The images, one per class (or prompt) x batch."),
+                io.String.Output(display_name="report",
+                                 tooltip="What ran, e.g. 'full 12/32, shortcut 20, base passes 12 (plain: 32), ...'."),
+            ],
+        )
+
+    @classmethod
+    def validate_inputs(cls, preset: str, steps: int, full_steps: int, full_step_list: str = "") -> bool | str:
+        # Inputs wired from other nodes arrive as None: they are checked when the node runs.
+        if any(v is None for v in (preset, steps, full_steps, full_step_list)):
+            return True
+        try:
+            step_plan(preset, steps, full_steps, full_step_list)
+        except ValueError as exc:
+            return str(exc)
+        return True
+
+    @classmethod
+    def execute(cls, migm, preset: str, classes: str, prompt: str, width: int, height: int, batch_size: int,
+                seed: int, steps: int, full_steps: int, full_step_list: str, schedule: str, cfg: float,
+                sm_temp: float, r_temp: float, temperature: float, shortcut=None) -> io.NodeOutput:
+        plan = step_plan(preset, steps, full_steps, full_step_list)
+        if migm.family == "dimoo":
+            conditions = dict(prompts=repeat_each(parse_prompts(prompt), batch_size))
+            options = dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, temperature=temperature),
+                           height=height, width=width)
+        else:
+            chosen = parse_classes(classes)
+            if chosen is None:
+                chosen = list(range(migm.config.num_classes))
+            conditions = dict(classes=repeat_each(chosen, batch_size))
+            options = dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp),
+                           schedule=schedule)
+        model = None
+        if shortcut is None:
+            mode = "plain: no shortcut connected"
+            if not plan.plain:
+                log.warning("MIGM-Shortcut: no shortcut connected to the sampler, so every step ran the base model; "
+                            "connect Load Shortcut to accelerate")
+        elif plan.plain:
+            mode = f"plain: preset {OFF!r}"
+        else:
+            shortcut.check_for(migm)
+            model, mode = shortcut.model, f"shortcut {shortcut.name}"
+
+        progress = comfy.utils.ProgressBar(plan.steps)
+
+        def on_step(info) -> None:
+            progress.update_absolute(info.step + 1, info.steps)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
+                          callback=on_step, **conditions, **options)
+        report = f"{result.stats.report()}; {mode} on {migm.name}"
+        log.info("MIGM-Shortcut: %s", report)
+        images = result.images.to(comfy.model_management.intermediate_device())
+        return io.NodeOutput(images, report, ui=ui.PreviewText(report))

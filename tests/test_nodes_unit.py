@@ -1,0 +1,157 @@
+"""The node adapters' plain-Python parts, without a ComfyUI server.
+
+The pack folder is imported the way ComfyUI imports it (a package under a path-like
+name, so only relative imports reach its code); outside ComfyUI its ``__init__.py``
+registers nothing. The real-host tier is tests/host/test_nodes.py.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK = "migm_pack_under_test"
+
+
+def import_pack():
+    if PACK not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACK, ROOT / "__init__.py",
+                                                      submodule_search_locations=[str(ROOT)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACK] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACK]
+
+
+@pytest.fixture(scope="module")
+def options():
+    import_pack()
+    return importlib.import_module(f"{PACK}.nodes.options")
+
+
+def test_pack_imports_outside_comfyui():
+    pack = import_pack()
+    assert pack.WEB_DIRECTORY == "./web"
+    assert not hasattr(pack, "comfy_entrypoint")  # nothing registered without the host
+    assert (ROOT / "web" / "docs").is_dir()
+
+
+def test_custom_plan_uses_steps_and_full_steps(options):
+    plan = options.step_plan("custom", 32, 12)
+    assert (plan.steps, plan.full_steps, plan.plain) == (32, 12, False)
+    assert options.step_plan("custom", 8, 8).full_steps == 8  # B = N: all full, the library's plain case
+
+
+def test_explicit_list_replaces_full_steps(options):
+    plan = options.step_plan("custom", 10, 99, " 0, 4,7 ")
+    assert plan.full_steps == [0, 4, 7]
+    assert options.step_plan("custom", 10, 3, "   ").full_steps == 3  # blank: the list is not used
+
+
+@pytest.mark.parametrize("args, words", [
+    (("custom", 8, 12), "full steps B=12 must be between 1 and the number of steps N=8"),
+    (("custom", 8, 0), "full_steps: Value 0 smaller than min of 1"),
+    (("custom", 0, 1), "steps: Value 0 smaller than min of 1"),
+    (("custom", 5000, 1), "steps: Value 5000 bigger than max of 4096"),
+    (("custom", 8, 3, "0,5,3"), "full_step_list: full-step list [0, 5, 3] must be strictly increasing"),
+    (("custom", 8, 3, "1,4"), "must start at 0"),
+    (("custom", 8, 3, "0,9"), "outside 0..7"),
+    (("custom", 8, 3, "0,x"), "comma-separated integers"),
+    (("turbo", 8, 3), "unknown preset 'turbo'"),
+])
+def test_bad_step_settings_say_what_is_wrong(options, args, words):
+    with pytest.raises(ValueError) as failed:
+        options.step_plan(*args)
+    assert words in str(failed.value)
+
+
+def test_presets(options):
+    off = options.step_plan(options.OFF, 20, 99, "garbage")  # 'off' keeps N, ignores B and the list
+    assert (off.steps, off.plain) == (20, True)
+    paper = options.step_plan("MaskGIT paper N=32 B=12", 3, 99, "garbage")
+    assert (paper.steps, paper.full_steps) == (32, 12)
+    assert [options.step_plan(f"DiMOO T=64 B={b}", 1, 1).full_steps for b in (14, 11, 9)] == [14, 11, 9]
+    assert list(options.PRESETS)[:2] == ["custom", "off (plain)"]
+
+
+def test_model_defaults_fill_negative_options(options):
+    fmnist = {"sampling_defaults": {"cfg": 1.0, "r_temp": 2.0, "sm_temp": 1.0, "schedule": "arccos"}}
+    assert options.with_model_defaults("maskgit", fmnist, cfg=-1, sm_temp=0.5, r_temp=-1) == \
+        {"cfg": 1.0, "sm_temp": 0.5, "r_temp": 2.0}
+    assert options.with_model_defaults("maskgit", {}, cfg=-1, sm_temp=-1, r_temp=-1) == \
+        {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0}  # MaskGIT-512's published settings
+    assert options.with_model_defaults("dimoo", {}, cfg=-1, temperature=0.0) == {"cfg": 4.0, "temperature": 0.0}
+    assert options.with_model_defaults("maskgit", None, cfg=0) == {"cfg": 0.0}  # 0 = guidance off, kept
+    with pytest.raises(ValueError, match="no default"):
+        options.with_model_defaults("other", {}, cfg=-1)
+
+
+def test_class_lists(options):
+    assert options.parse_classes("all") is None and options.parse_classes(" ALL ") is None
+    assert options.parse_classes("3") == [3]
+    assert options.parse_classes("0, 7,sandal , Ankle boot") == [0, 7, "sandal", "Ankle boot"]
+    assert options.parse_classes("2-4,9") == [2, 3, 4, 9]
+    with pytest.raises(ValueError, match="no class given"):
+        options.parse_classes(" , ")
+    with pytest.raises(ValueError, match="runs backwards"):
+        options.parse_classes("5-2")
+
+
+def test_prompts_and_batches(options):
+    assert options.parse_prompts("a red cat\n\n  a blue dog  \n") == ["a red cat", "a blue dog"]
+    with pytest.raises(ValueError, match="no prompt given"):
+        options.parse_prompts(" \n ")
+    assert options.repeat_each([0, 7], 2) == [0, 0, 7, 7]
+    assert options.default_first(["a", "b", "fmnist"], "fmnist") == ["fmnist", "a", "b"]
+    assert options.default_first(["a", "b"], "fmnist") == ["a", "b"]
+
+
+def test_output_folder_stays_inside(options, tmp_path):
+    assert options.output_folder(tmp_path, " traj/run1 ") == tmp_path / "traj" / "run1"
+    for bad in ("", "../x", "a/../../x", "/etc/x"):
+        with pytest.raises(ValueError, match="relative folder name"):
+            options.output_folder(tmp_path, bad)
+
+
+def test_loaded_models_keeps_the_last_and_frees_before_loading():
+    import_pack()
+    cache = importlib.import_module(f"{PACK}.nodes.cache").LoadedModels(size=1)
+    loads, alive_at_load = [], []
+
+    def loader(name):
+        def load():
+            alive_at_load.append(len(cache._items))
+            loads.append(name)
+            return object()
+        return load
+
+    a = cache.get(("a", 1.0), loader("a"))
+    assert cache.get(("a", 1.0), loader("a")) is a
+    cache.get(("b", 1.0), loader("b"))
+    cache.get(("a", 2.0), loader("a"))  # same file, new modification time: read again
+    assert loads == ["a", "b", "a"] and alive_at_load == [0, 0, 0]
+
+
+def test_workflow_files_pair_up():
+    """Offline half of the UI/API agreement (the host test also checks widget order)."""
+    ui_files = sorted((ROOT / "workflows").glob("*.json"))
+    assert len(ui_files) >= 3
+    for path in ui_files:
+        ui = json.loads(path.read_text())
+        api = json.loads((ROOT / "workflows" / "api" / path.name).read_text())
+        assert {"nodes", "links", "version"} <= set(ui)
+        assert {str(n["id"]): n["type"] for n in ui["nodes"]} == {k: v["class_type"] for k, v in api.items()}
+        link_ids = {link[0] for link in ui["links"]}
+        for link_id, source, slot, target, target_slot, kind in ui["links"]:
+            node = next(n for n in ui["nodes"] if n["id"] == target)
+            wired = node["inputs"][target_slot]
+            assert wired["link"] == link_id and api[str(target)]["inputs"][wired["name"]] == [str(source), slot]
+        for node in ui["nodes"]:
+            for out in node["outputs"]:
+                assert set(out["links"]) <= link_ids
+        assert ui["last_link_id"] == max(link_ids) and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
