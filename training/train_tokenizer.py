@@ -5,7 +5,7 @@ Loss: MSE + L1 reconstruction plus the VQ loss (codebook + 0.25 commitment). The
 codebook starts from encoder outputs (data init) and codes unused for a window of
 steps are restarted on random encoder outputs, so usage stays healthy.
 
-    python -m training.train_tokenizer                      # the shipped tokenizer (~8 min on 2 CPU cores)
+    python -m training.train_tokenizer                      # the shipped tokenizer (~11 min on a busy 2-core machine)
     python -m training.train_tokenizer --steps 200 --out runs/fmnist/vq_try.safetensors
 
 Writes ``--out`` (a ``kind=vqgan`` safetensors with config and info metadata) and logs to

@@ -1,0 +1,97 @@
+"""The shipped Fashion-MNIST model and shortcut: they load, sample the right images, and
+generate the requested classes far better than random weights can.
+
+The class-consistency check is shown to be able to fail: the same check on the same
+architecture with re-initialised (random) weights falls below the threshold.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from shortcut_core import generate, load_migm, load_shortcut
+from shortcut_core.checkpoints import read_safetensors_metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+MIGM_PATH = ROOT / "models/migm/fmnist_maskgit.safetensors"
+SHORTCUT_PATH = ROOT / "models/migm_shortcut/fmnist_shortcut.safetensors"
+CLASSIFIER_PATH = ROOT / "models/eval/fmnist_classifier.safetensors"
+
+if not (MIGM_PATH.is_file() and SHORTCUT_PATH.is_file()):
+    pytest.skip(f"shipped weights missing ({MIGM_PATH}, {SHORTCUT_PATH}); see docs/results/fmnist_sweep.md "
+                f"for the commands that make them", allow_module_level=True)
+
+# Random weights give about 10 % (one class for everything); the shipped model about 90 %.
+CONSISTENCY_THRESHOLD = 0.5
+PER_CLASS = 10  # 100 samples
+SEED = 1234
+
+
+@pytest.fixture(scope="module")
+def migm():
+    return load_migm(MIGM_PATH)
+
+
+@pytest.fixture(scope="module")
+def shortcut(migm):
+    return load_shortcut(SHORTCUT_PATH, migm)
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    if not CLASSIFIER_PATH.is_file():
+        pytest.skip(f"no evaluation classifier at {CLASSIFIER_PATH}")
+    from training.classifier import load_classifier
+
+    return load_classifier(CLASSIFIER_PATH)
+
+
+def consistency(migm, classifier, shortcut=None, steps=8, full_steps=None) -> float:
+    from training.fd import class_consistency
+
+    classes = [c for c in range(10) for _ in range(PER_CLASS)]
+    result = generate(migm, classes, steps=steps, full_steps=full_steps, shortcut=shortcut, seed=SEED,
+                      **migm.info.get("sampling_defaults", {}))
+    images = (result.images[..., 0] * 255).round().to(torch.uint8).numpy()
+    return class_consistency(images, np.asarray(classes), classifier)
+
+
+def test_shipped_files_describe_themselves(migm, shortcut):
+    meta = read_safetensors_metadata(MIGM_PATH)
+    assert meta["kind"] == "migm" and "vqgan_config" in meta
+    assert migm.vqgan is not None and migm.config.grid == 7 and migm.config.num_classes == 10
+    assert migm.class_names[0] == "T-shirt/top" and len(migm.class_names) == 10
+    assert "maskgit" in migm.info["commands"] and "tokenizer" in migm.info["commands"]
+    assert shortcut.base_fingerprint == migm.fingerprint
+    assert shortcut.config.dim == migm.config.hidden and shortcut.config.n_block == 1
+    total = sum(p.stat().st_size for p in (ROOT / "models").rglob("*.safetensors"))
+    assert total < 25e6, f"shipped weights are {total / 1e6:.1f} MB, over the 25 MB budget"
+
+
+def test_images_shape_and_range(migm, shortcut):
+    for kwargs in ({}, {"full_steps": 3, "shortcut": shortcut}):
+        result = generate(migm, list(range(10)), steps=8, seed=0, **kwargs)
+        assert result.images.shape == (10, 28, 28, 3) and result.images.dtype == torch.float32
+        assert float(result.images.min()) >= 0.0 and float(result.images.max()) <= 1.0
+        assert result.tokens.shape == (10, 7, 7) and int(result.tokens.max()) < migm.config.codebook_size
+        assert result.images.std() > 0.05  # not a blank canvas
+    assert result.stats.base_passes == 3 and result.stats.shortcut_steps == 5
+
+
+def test_class_consistency_of_shipped_model(migm, shortcut, classifier):
+    plain = consistency(migm, classifier)
+    fast = consistency(migm, classifier, shortcut=shortcut, steps=16, full_steps=4)
+    assert plain > CONSISTENCY_THRESHOLD, f"plain sampling: {plain:.2f}"
+    assert fast > CONSISTENCY_THRESHOLD, f"shortcut N=16 B=4: {fast:.2f}"
+
+
+def test_random_weights_fail_the_consistency_check(classifier):
+    migm = load_migm(MIGM_PATH)  # a private copy: re-initialised below
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in migm.model.parameters():
+            p.normal_(0.0, 0.02 if p.ndim > 1 else 0.0)
+    assert consistency(migm, classifier) < CONSISTENCY_THRESHOLD
