@@ -325,17 +325,11 @@ class DiMOORecipe:
         if bool(seq_valid.all()):
             seq_valid = None
         if branch == "cond":
-            pl = prefix_len.to(dev).long()[:, None]
-            j = torch.arange(int(prefix_len.max()) + r, device=dev)[None]
-            is_prompt = j < pl
-            is_new = (j >= pl) & (j < pl + r)
-            if r:
-                k = (j - pl).clamp(0, r - 1).expand(B, -1)
-                positions = torch.where(is_prompt, j, torch.where(is_new, new_pos.gather(1, k), 0))
-            else:
-                positions = torch.where(is_prompt, j, 0)
+            from shortcut_core.dimoo.family import cond_new_positions
+
+            positions, valid = cond_new_positions(prefix_len.to(dev), new_pos)
             inputs = {"new_ids": ids.gather(1, positions), "new_positions": positions,
-                      "new_valid": is_prompt | is_new, "mask_ratio": mask_ratio, "seq_valid": seq_valid}
+                      "new_valid": valid, "mask_ratio": mask_ratio, "seq_valid": seq_valid}
         else:
             inputs = {"new_ids": ids.gather(1, new_pos), "new_positions": new_pos, "new_valid": None,
                       "mask_ratio": mask_ratio, "seq_valid": seq_valid}

@@ -35,6 +35,26 @@ def keep_masked(step: int, steps: int, num_tokens: int) -> int:
     return max(1, int((torch.tensor(float(num_tokens)) * frac).floor().item()))
 
 
+def cond_new_positions(prompt_lens: torch.Tensor, new_image_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cond-branch "new token" positions: the whole prompt before BOA, then the new image tokens.
+
+    prompt_lens (B,) differ per row, new_image_pos (B, r) increasing -> positions (B, n) and
+    a (B, n) validity mask, rows right padded to the longest (padding points at position 0).
+    Shared by sampling and training so both feed the shortcut the same inputs.
+    """
+    B, r = new_image_pos.shape
+    pl = prompt_lens.long()[:, None]
+    j = torch.arange(int(prompt_lens.max()) + r, device=new_image_pos.device)[None]  # (1, n)
+    is_prompt = j < pl
+    is_image = (j >= pl) & (j < pl + r)
+    if r:
+        k = (j - pl).clamp(0, r - 1).expand(B, -1)
+        positions = torch.where(is_prompt, j, torch.where(is_image, new_image_pos.gather(1, k), 0))
+    else:
+        positions = torch.where(is_prompt, j, 0).expand(B, -1)
+    return positions, is_prompt | is_image
+
+
 @dataclass
 class DiMOOState:
     prompts: list
@@ -198,18 +218,9 @@ class DiMOOMIGM:
         B, r = idx.shape
         new_image = state.image.gather(1, idx)  # (B, r)
         cond_img_pos = state.cond_image_pos.gather(1, idx)  # (B, r)
-        # Cond: the whole prompt before BOA (length differs per row), then the new image tokens.
-        pl = state.prompt_lens[:, None]
-        j = torch.arange(int(state.prompt_lens.max()) + r, device=idx.device)[None]  # (1, n)
-        is_prompt = j < pl
-        is_image = (j >= pl) & (j < pl + r)
-        if r:
-            k = (j - pl).clamp(0, r - 1).expand(B, -1)
-            positions = torch.where(is_prompt, j, torch.where(is_image, cond_img_pos.gather(1, k), 0))
-        else:
-            positions = torch.where(is_prompt, j, 0)
+        positions, valid = cond_new_positions(state.prompt_lens, cond_img_pos)
         cond_ids = state.cond_ids().gather(1, positions)
-        branches = [dict(new_ids=cond_ids, new_positions=positions, new_valid=is_prompt | is_image,
+        branches = [dict(new_ids=cond_ids, new_positions=positions, new_valid=valid,
                          mask_ratio=state.mask_ratio, seq_valid=state.cond_valid)]
         if state.guided:
             branches.append(dict(new_ids=new_image, new_positions=state.uncond_image_pos.gather(1, idx),
