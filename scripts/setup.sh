@@ -14,7 +14,13 @@ py=.venv/bin/python
 if ! "$py" -c "import torch" 2>/dev/null; then
   "$py" -m pip install -q "$TORCH_PIN"
 fi
-"$py" -m pip install -q -r requirements.txt -r requirements-dev.txt
+# A stamp of the requirement files skips pip (several seconds) when nothing changed.
+stamp=.venv/.requirements.sha256
+want="$(cat requirements.txt requirements-dev.txt | sha256sum | cut -c1-64)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  "$py" -m pip install -q -r requirements.txt -r requirements-dev.txt
+  echo "$want" > "$stamp"
+fi
 
 fmnist=/usr/share/datasets/fashion-mnist
 if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ] && [ ! -e "$fmnist/train-images-idx3-ubyte" ]; then
