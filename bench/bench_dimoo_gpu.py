@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import time
@@ -34,6 +33,7 @@ from shortcut_core.dimoo.prompt import REFERENCE_UNCOND_IDS  # noqa: E402
 from shortcut_core.dimoo.shortcut import DiMOOShortcut  # noqa: E402
 from shortcut_core.dimoo.vq import VQConfig, VQDecoder  # noqa: E402
 from shortcut_core.sampler import sample  # noqa: E402
+from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory  # noqa: E402
 
 
 def random_init_(module: torch.nn.Module, generator: torch.Generator, std: float = 0.02) -> None:
@@ -82,34 +82,21 @@ def run_setting(migm, shortcut, full_steps: int, args, device) -> dict:
     use = shortcut if full_steps < steps else None
     kw = dict(steps=steps, full_steps=full_steps, shortcut=use, cfg=args.cfg, temperature=1.0,
               height=args.size, width=args.size, uncond_ids=list(REFERENCE_UNCOND_IDS), decode=not args.no_decode)
-    step_times = {True: [], False: []}
-    last = [0.0]
-
-    def on_step(info):
-        sync(device)
-        now = time.perf_counter()
-        if info.step > 0:  # step 0 includes the set-up; every later step is timed alone
-            step_times[info.full].append(now - last[0])
-        last[0] = now
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
+    timer = StepTimer(device)
+    reset_peak_memory(device)
     seconds, decode = [], []
     for rep in range(args.repeats):
-        last[0] = time.perf_counter()
-        res = sample(migm, prompt_ids(args.prompt_tokens, rep), seed=rep, callback=on_step, **kw)
+        timer.start()
+        res = sample(migm, prompt_ids(args.prompt_tokens, rep), seed=rep, callback=timer, **kw)
         seconds.append(res.stats.seconds)
         decode.append(res.stats.decode_seconds)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30  # CPU: process peak RSS
     return {
         "B": full_steps, "seconds": statistics.median(seconds), "decode_seconds": statistics.median(decode),
         "base_passes": res.stats.base_passes, "plain_base_passes": res.stats.plain_base_passes,
         "shortcut_steps": res.stats.shortcut_steps, "full_step_indices": res.stats.full_step_indices,
-        "full_step_s": statistics.median(step_times[True]) if step_times[True] else None,
-        "shortcut_step_s": statistics.median(step_times[False]) if step_times[False] else None,
-        "peak_gib": peak,
+        "full_step_s": timer.median(True),
+        "shortcut_step_s": timer.median(False),
+        "peak_gib": peak_memory_mib(device) / 1024,
     }
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import statistics
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory  # noqa: E402
 
 
 def build(grid: int, device: str, dtype):
@@ -49,32 +49,19 @@ def run_setting(args: dict, queue) -> None:
     use_shortcut = shortcut if b < steps else None
     classes = list(range(args["batch"]))
     generate(migm, classes, full_steps=1, shortcut=use_shortcut, seed=99, **{**kwargs, "steps": 2})  # warm-up
-    if args["device"] == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step_times = {True: [], False: []}
-    last = [0.0]
-
-    def on_step(info):
-        if args["device"] == "cuda":
-            torch.cuda.synchronize()
-        now = time.perf_counter()
-        if info.step > 0:  # step 0 includes set-up; every later step is timed alone
-            step_times[info.full].append(now - last[0])
-        last[0] = now
-
+    reset_peak_memory(args["device"])
+    timer = StepTimer(args["device"])
     seconds = []
     for rep in range(args["repeats"]):
-        last[0] = time.perf_counter()
-        res = generate(migm, classes, full_steps=b, shortcut=use_shortcut, seed=rep, callback=on_step, **kwargs)
+        timer.start()
+        res = generate(migm, classes, full_steps=b, shortcut=use_shortcut, seed=rep, callback=timer, **kwargs)
         seconds.append(res.stats.seconds)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if args["device"] == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     queue.put({
         "B": b, "seconds": statistics.median(seconds), "batch": args["batch"],
         "base_passes": res.stats.base_passes, "plain_base_passes": res.stats.plain_base_passes,
-        "full_step_s": statistics.median(step_times[True]) if step_times[True] else None,
-        "shortcut_step_s": statistics.median(step_times[False]) if step_times[False] else None,
-        "peak_mib": peak,
+        "full_step_s": timer.median(True),
+        "shortcut_step_s": timer.median(False),
+        "peak_mib": peak_memory_mib(args["device"]),
     })
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .checkpoints import CheckpointError
 from .maskgit import MaskGIT
-from .sampler import gumbel_noise
+from .sampler import gumbel_noise, masked_positions
 from .schedules import reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
@@ -28,6 +28,7 @@ class MaskGITState:
     sm_temp: float
     r_temp: float
     randomize: str
+    num_masked: int  # image positions still masked (the same in every row)
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
@@ -113,6 +114,7 @@ class MaskGITMIGM:
             classes=classes, tokens=tokens, revealed_at=revealed_at,
             counts=reveal_counts(c.num_image_tokens, steps, schedule), steps=steps,
             cfg=float(cfg), sm_temp=float(sm_temp), r_temp=float(r_temp), randomize=randomize,
+            num_masked=c.num_image_tokens,
         )
 
     def base_features(self, state: MaskGITState) -> torch.Tensor:
@@ -136,13 +138,11 @@ class MaskGITMIGM:
     def advance(self, state: MaskGITState, feats: torch.Tensor, step: int, generator) -> None:
         c = self.config
         B, N = state.batch, state.steps
-        masked = state.tokens == c.mask_id  # (B, Ni)
-        m = int(masked[0].sum())
+        m = state.num_masked
         n = min(state.counts[step], m)
         if n == 0:
             return
-        # Every row has the same number of masked positions, so this reshape is exact.
-        positions = masked.nonzero()[:, 1].reshape(B, m)
+        positions = masked_positions(state.tokens == c.mask_id, m)  # (B, m)
         logits = self.model.logits(feats, positions.repeat(feats.shape[0] // B, 1)).float()
         if state.guided:
             cond, uncond = logits.chunk(2)
@@ -161,6 +161,7 @@ class MaskGITMIGM:
         state.revealed_at.scatter_(1, new_positions, step)
         state.new_ids, state.new_positions = new_ids, new_positions
         state.new_map = torch.zeros(B, c.seq_len, dtype=torch.bool, device=self.device).scatter_(1, new_positions, True)
+        state.num_masked = m - n
         state.mask_ratio = torch.full((B,), (m - n) / c.num_image_tokens, device=self.device)
 
     def final_tokens(self, state: MaskGITState) -> torch.Tensor:

@@ -24,6 +24,17 @@ def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, T) bool with ``count`` True per row -> (B, count) their positions, increasing.
+
+    The families know ``count`` from their schedules, so unlike ``nonzero()`` this never
+    waits for the device inside the sampling loop.
+    """
+    T = masked.shape[1]
+    index = torch.arange(T, device=masked.device).expand_as(masked)
+    return index.masked_fill(~masked, T).sort(dim=1).values[:, :count]
+
+
 @dataclass
 class SamplingStats:
     steps: int

@@ -1,6 +1,6 @@
 """Fashion-MNIST data, the shipped evaluation classifier, FD-FMNIST and class consistency.
 
-Uses the real data set (skipped, with the remedy, when it is not installed) and the shipped
+Uses the real data set (installed by scripts/setup.sh; missing data fails, naming the remedy) and the shipped
 ``models/eval/fmnist_classifier.safetensors``. The shipped classifier sees about 10k images
 in all; the reference-statistics cache is exercised with a tiny random classifier on a
 small IDX split written by the test.
@@ -41,30 +41,15 @@ N_ACC = 2000  # test images in the accuracy check
 N_FD = 1500  # images per set in the real-data FD ordering check
 
 
-@pytest.fixture(scope="module", autouse=True)
-def few_threads():
-    """The CPUs are shared: run this module on at most 2 threads, then restore."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(2, before))
-    yield
-    torch.set_num_threads(before)
-
-
-def _load_or_skip(split):
-    try:
-        return load_fmnist(split)
-    except FileNotFoundError as e:
-        pytest.skip(f"Fashion-MNIST not installed: {e}")
-
-
 @pytest.fixture(scope="module")
 def test_split():
-    return _load_or_skip("test")
+    # scripts/setup.sh installs the data set: missing data is a failure, not a skip.
+    return load_fmnist("test")
 
 
 @pytest.fixture(scope="module")
 def train_split():
-    return _load_or_skip("train")
+    return load_fmnist("train")
 
 
 @pytest.fixture(scope="module")

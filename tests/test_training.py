@@ -29,15 +29,6 @@ TRAIN_FAST = ["--heads", "4", "--batch", "8", "--ema", "0.9", "--lr", "1e-3", "-
               "--no-progress", "--log-every", "5"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids OpenMP contention (100x here)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -30,14 +30,6 @@ REC = dict(prompts=PROMPTS, steps=STEPS, **SIZE, show_progress=False, log=lambda
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return write_fake_dimoo_folder(tmp_path_factory.mktemp("dimoo") / "Lumina-DiMOO-fake", seed=0)

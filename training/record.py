@@ -496,38 +496,28 @@ def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> di
     count = args.count if args.count is not None else old.get("num_trajectories")
     if count is None:
         raise ValueError("--count is required for a new recording")
-    if family == "dimoo":
-        prompts = read_prompts(args.prompts) if args.prompts is not None else old.get("conditions", {}).get("prompts")
-        if prompts is None:
-            raise ValueError("--prompts FILE (one prompt per line) is required for a new Lumina-DiMOO recording")
-        return {
-            "count": count,
-            "prompts": prompts,
-            "steps": pick(args.steps, "steps", old.get("steps")),
-            "cfg": pick(args.cfg, "cfg", old_sampler.get("cfg")),
-            "temperature": pick(args.temperature, "temperature", old_sampler.get("temperature")),
-            "height": pick(args.height, "height", old_sampler.get("height")),
-            "width": pick(args.width, "width", old_sampler.get("width")),
-            "seed": pick(args.seed, "seed", old.get("seed")),
-            "batch_size": pick(args.batch, "batch_size", old.get("batch_size")),
-            "shard_size": args.shard_size if args.shard_size is not None else old.get("shard_size"),
-            "feature_dtype": pick(dtype_key, "feature_dtype", old.get("feature_dtype")),
-        }
-    classes = parse_classes(args.classes) if args.classes is not None else old.get("conditions", {}).get("classes")
-    return {
+    common = {
         "count": count,
-        "classes": classes,
         "steps": pick(args.steps, "steps", old.get("steps")),
         "cfg": pick(args.cfg, "cfg", old_sampler.get("cfg")),
-        "sm_temp": pick(args.sm_temp, "sm_temp", old_sampler.get("sm_temp")),
-        "r_temp": pick(args.r_temp, "r_temp", old_sampler.get("r_temp")),
-        "schedule": pick(args.schedule, "schedule", old_sampler.get("schedule")),
-        "randomize": pick(args.randomize, "randomize", old_sampler.get("randomize")),
         "seed": pick(args.seed, "seed", old.get("seed")),
         "batch_size": pick(args.batch, "batch_size", old.get("batch_size")),
         "shard_size": args.shard_size if args.shard_size is not None else old.get("shard_size"),
         "feature_dtype": pick(dtype_key, "feature_dtype", old.get("feature_dtype")),
     }
+    if family == "dimoo":
+        prompts = read_prompts(args.prompts) if args.prompts is not None else old.get("conditions", {}).get("prompts")
+        if prompts is None:
+            raise ValueError("--prompts FILE (one prompt per line) is required for a new Lumina-DiMOO recording")
+        sampler_keys = ("temperature", "height", "width")
+        common["prompts"] = prompts
+    else:
+        sampler_keys = ("sm_temp", "r_temp", "schedule", "randomize")
+        common["classes"] = (parse_classes(args.classes) if args.classes is not None
+                             else old.get("conditions", {}).get("classes"))
+    for key in sampler_keys:
+        common[key] = pick(getattr(args, key), key, old_sampler.get(key))
+    return common
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ..sampler import gumbel_noise
+from ..sampler import gumbel_noise, masked_positions
 from ..checkpoints import CheckpointError, fingerprint as weights_fingerprint
 from .config import DiMOOShortcutConfig, LLaDAConfig
 from .llada import LLaDA
@@ -35,16 +35,20 @@ def keep_masked(step: int, steps: int, num_tokens: int) -> int:
     return max(1, int((torch.tensor(float(num_tokens)) * frac).floor().item()))
 
 
-def cond_new_positions(prompt_lens: torch.Tensor, new_image_pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def cond_new_positions(prompt_lens: torch.Tensor, new_image_pos: torch.Tensor,
+                       longest_prompt: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cond-branch "new token" positions: the whole prompt before BOA, then the new image tokens.
 
     prompt_lens (B,) differ per row, new_image_pos (B, r) increasing -> positions (B, n) and
     a (B, n) validity mask, rows right padded to the longest (padding points at position 0).
-    Shared by sampling and training so both feed the shortcut the same inputs.
+    Shared by sampling and training so both feed the shortcut the same inputs. The sampler
+    passes ``longest_prompt`` (known on the host) so a step never waits for the device.
     """
     B, r = new_image_pos.shape
+    if longest_prompt is None:
+        longest_prompt = int(prompt_lens.max())
     pl = prompt_lens.long()[:, None]
-    j = torch.arange(int(prompt_lens.max()) + r, device=new_image_pos.device)[None]  # (1, n)
+    j = torch.arange(longest_prompt + r, device=new_image_pos.device)[None]  # (1, n)
     is_prompt = j < pl
     is_image = (j >= pl) & (j < pl + r)
     if r:
@@ -71,6 +75,8 @@ class DiMOOState:
     uncond_template: torch.Tensor | None  # (B, Su); None without guidance
     uncond_image_pos: torch.Tensor | None  # (B, L)
     revealed_at: torch.Tensor  # (B, Sc) step that revealed each cond position, -1 never
+    num_masked: int  # image tokens still masked (the same in every row)
+    longest_prompt: int  # max(prompt_lens), kept on the host
     # Set by each advance, read by the next shortcut step.
     new_image_idx: torch.Tensor | None = None  # (B, r) indices into 0..L-1, increasing
     mask_ratio: torch.Tensor | None = None  # (B,)
@@ -197,6 +203,8 @@ class DiMOOMIGM:
             prompt_lens=torch.tensor([s.prompt_len for s in seqs], device=dev),
             uncond_template=None, uncond_image_pos=None,
             revealed_at=torch.full((B, S), -1, dtype=torch.long, device=dev),
+            num_masked=rows * cols,
+            longest_prompt=max(s.prompt_len for s in seqs),
         )
         if cfg != 0:
             u = build_sequence(uncond_prefix, rows, cols, c)
@@ -218,7 +226,7 @@ class DiMOOMIGM:
         B, r = idx.shape
         new_image = state.image.gather(1, idx)  # (B, r)
         cond_img_pos = state.cond_image_pos.gather(1, idx)  # (B, r)
-        positions, valid = cond_new_positions(state.prompt_lens, cond_img_pos)
+        positions, valid = cond_new_positions(state.prompt_lens, cond_img_pos, state.longest_prompt)
         cond_ids = state.cond_ids().gather(1, positions)
         branches = [dict(new_ids=cond_ids, new_positions=positions, new_valid=valid,
                          mask_ratio=state.mask_ratio, seq_valid=state.cond_valid)]
@@ -233,14 +241,13 @@ class DiMOOMIGM:
     def advance(self, state: DiMOOState, feats, step: int, generator) -> None:
         c = self.config
         B, L = state.image.shape
-        masked = state.image == c.mask_id  # (B, L)
-        m = int(masked[0].sum())
+        m = state.num_masked
         if m == 0:
             state.new_image_idx = torch.zeros(B, 0, dtype=torch.long, device=state.image.device)
             state.mask_ratio = torch.zeros(B, device=state.image.device)
             return
         keep = min(keep_masked(step, state.steps, L), m)
-        idx = masked.nonzero()[:, 1].reshape(B, m)  # every row has the same count
+        idx = masked_positions(state.image == c.mask_id, m)  # (B, m)
         logits = self.model.image_logits(feats[0], state.cond_image_pos.gather(1, idx)).float()
         if state.guided:
             uncond = self.model.image_logits(feats[1], state.uncond_image_pos.gather(1, idx)).float()
@@ -259,12 +266,13 @@ class DiMOOMIGM:
             remask = torch.zeros_like(conf, dtype=torch.bool)
             remask.scatter_(1, score.topk(keep, dim=-1, largest=False).indices, True)
             filled = torch.where(remask, c.mask_id, filled)
-            revealed = idx[~remask].reshape(B, m - keep)
+            revealed = idx.gather(1, masked_positions(~remask, m - keep))
         else:
             revealed = idx
         state.image.scatter_(1, idx, filled)
         state.revealed_at.scatter_(1, state.cond_image_pos.gather(1, revealed), step)
         state.new_image_idx = revealed  # increasing: idx is, and masking keeps the order
+        state.num_masked = keep
         state.mask_ratio = torch.full((B,), keep / L, device=state.image.device)
 
     def final_tokens(self, state: DiMOOState) -> torch.Tensor:

@@ -1,0 +1,48 @@
+"""Per-step timing and peak memory shared by the benchmark scripts."""
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+
+import torch
+
+
+class StepTimer:
+    """A sampler callback that times every step after the first, split into full and shortcut steps.
+
+    Step 0 also pays for the run's set-up, so it is left out. Call ``start()`` right before
+    each ``generate``/``sample`` call.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.cuda = torch.device(device).type == "cuda"
+        self.times: dict[bool, list[float]] = {True: [], False: []}
+        self.last = 0.0
+
+    def start(self) -> None:
+        self.last = time.perf_counter()
+
+    def __call__(self, info) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        if info.step > 0:
+            self.times[info.full].append(now - self.last)
+        self.last = now
+
+    def median(self, full: bool) -> float | None:
+        return statistics.median(self.times[full]) if self.times[full] else None
+
+
+def reset_peak_memory(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mib(device: torch.device | str) -> float:
+    """Peak GPU memory allocated on CUDA; on a CPU the process's peak resident set."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
