@@ -15,7 +15,6 @@ and the peak GPU memory of each setting (on a CPU: the process's peak RSS).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -33,7 +32,7 @@ from shortcut_core.dimoo.prompt import REFERENCE_UNCOND_IDS  # noqa: E402
 from shortcut_core.dimoo.shortcut import DiMOOShortcut  # noqa: E402
 from shortcut_core.dimoo.vq import VQConfig, VQDecoder  # noqa: E402
 from shortcut_core.sampler import sample  # noqa: E402
-from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory  # noqa: E402
+from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory, speedup_figures, write_json  # noqa: E402
 
 
 def random_init_(module: torch.nn.Module, generator: torch.Generator, std: float = 0.02) -> None:
@@ -161,14 +160,12 @@ def main(argv=None) -> int:
             print(f"{'plain':<14}{r['seconds']:>9.2f}{1.0:>9.2f}x{r['base_passes']:>10}{'':>8}{'':>8}{'':>10}{'':>7}"
                   f"{r['decode_seconds']:>10.2f}{r['peak_gib']:>10.1f}")
             continue
-        c = r["shortcut_step_s"] / r["full_step_s"] if r["shortcut_step_s"] and r["full_step_s"] else float("nan")
-        ideal = n / (b + (n - b) * c)
-        r.update(c=c, ideal=ideal, of_ideal=speed / ideal)
-        print(f"{f'shortcut B={b}':<14}{r['seconds']:>9.2f}{speed:>9.2f}x{r['base_passes']:>10}{c:>8.3f}"
-              f"{ideal:>7.2f}x{speed / ideal:>10.2f}{n / b:>6.2f}x{r['decode_seconds']:>10.2f}{r['peak_gib']:>10.1f}")
+        speedup_figures(r, plain["seconds"], n)
+        print(f"{f'shortcut B={b}':<14}{r['seconds']:>9.2f}{speed:>9.2f}x{r['base_passes']:>10}{r['c']:>8.3f}"
+              f"{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['decode_seconds']:>10.2f}"
+              f"{r['peak_gib']:>10.1f}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+        write_json(args.json, args, results)
     return 0
 
 

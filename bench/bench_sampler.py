@@ -12,7 +12,6 @@ every process builds the same seeded weights.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -21,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory  # noqa: E402
+from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory, speedup_figures, write_json  # noqa: E402
 
 
 def build(grid: int, device: str, dtype):
@@ -104,14 +103,11 @@ def main(argv=None) -> int:
             print(f"{'plain':<14}{spi:>9.3f}{1.0:>10.2f}{r['base_passes']:>13}{'':>8}{'':>8}{'':>10}{'':>7}{'':>8}"
                   f"{r['peak_mib']:>10.0f}")
             continue
-        c = r["shortcut_step_s"] / r["full_step_s"]
-        ideal = n / (b + (n - b) * c)
-        r.update(c=c, ideal=ideal, speedup=speed, of_ideal=speed / ideal, of_limit=speed / (n / b))
-        print(f"{f'shortcut B={b}':<14}{spi:>9.3f}{speed:>9.2f}x{r['base_passes']:>13}{c:>8.3f}{ideal:>7.2f}x"
-              f"{speed / ideal:>10.2f}{n / b:>6.2f}x{speed / (n / b):>8.2f}{r['peak_mib']:>10.0f}")
+        speedup_figures(r, plain["seconds"], n)
+        print(f"{f'shortcut B={b}':<14}{spi:>9.3f}{speed:>9.2f}x{r['base_passes']:>13}{r['c']:>8.3f}"
+              f"{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['of_limit']:>8.2f}{r['peak_mib']:>10.0f}")
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results},
-                                        indent=2))
+        write_json(args.json, args, results)
     return 0
 
 

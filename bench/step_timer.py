@@ -46,3 +46,20 @@ def peak_memory_mib(device: torch.device | str) -> float:
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def speedup_figures(result: dict, plain_seconds: float, steps: int) -> dict:
+    """Add c (shortcut step / full step), the ideal N / (B + (N - B) c) and the achieved fractions."""
+    b = result["B"]
+    full, short = result.get("full_step_s"), result.get("shortcut_step_s")
+    c = short / full if full and short else float("nan")
+    speed = plain_seconds / result["seconds"]
+    ideal = steps / (b + (steps - b) * c)
+    result.update(c=c, ideal=ideal, speedup=speed, of_ideal=speed / ideal, of_limit=speed / (steps / b))
+    return result
+
+
+def write_json(path, args, results: list[dict]) -> None:
+    import json
+
+    path.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, indent=2))
