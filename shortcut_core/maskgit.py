@@ -112,8 +112,9 @@ class MaskGIT(nn.Module):
         still has to sample -> (B, k, codebook); None gives every image position.
         """
         c = self.config
-        weight = self.tok_emb.weight[: c.codebook_size]
-        bias = self.bias[: c.num_image_tokens, : c.codebook_size]
+        # In the features' dtype: the sampler guides features in float32 before the head.
+        weight = self.tok_emb.weight[: c.codebook_size].to(feat.dtype)
+        bias = self.bias[: c.num_image_tokens, : c.codebook_size].to(feat.dtype)
         if positions is None:
             return feat[:, : c.num_image_tokens] @ weight.T + bias
         picked = torch.gather(feat, 1, positions[..., None].expand(-1, -1, feat.shape[-1]))

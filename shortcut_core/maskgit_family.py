@@ -12,7 +12,7 @@ import torch
 
 from .checkpoints import CheckpointError
 from .maskgit import MaskGIT
-from .sampler import gumbel_noise, masked_positions
+from .sampler import categorical, gumbel_noise, masked_positions
 from .schedules import reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
@@ -143,14 +143,16 @@ class MaskGITMIGM:
         if n == 0:
             return
         positions = masked_positions(state.tokens == c.mask_id, m)  # (B, m)
-        logits = self.model.logits(feats, positions.repeat(feats.shape[0] // B, 1)).float()
+        feats = feats.float()
         if state.guided:
-            cond, uncond = logits.chunk(2)
+            # The head is linear with one bias for both halves, so (1+w)*cond - w*uncond on the
+            # features equals it on the logits, at half the head's cost.
+            cond, uncond = feats.chunk(2)
             w = state.cfg * step / (N - 1) if N > 1 else 0.0
-            logits = (1 + w) * cond - w * uncond
-        log_p = torch.log_softmax(logits * state.sm_temp, dim=-1)  # (B, m, K)
-        sampled = (log_p + gumbel_noise(log_p.shape, generator, log_p.device)).argmax(-1)  # Gumbel-max sampling
-        conf = log_p.gather(-1, sampled[..., None])[..., 0]
+            feats = (1 + w) * cond - w * uncond
+        probs = torch.softmax(self.model.logits(feats, positions) * state.sm_temp, dim=-1)  # (B, m, K)
+        sampled = categorical(probs, generator)
+        conf = probs.gather(-1, sampled[..., None])[..., 0].log()
         if state.randomize == "linear" and state.r_temp:
             ratio = step / (N - 1) if N > 1 else 1.0
             conf = conf + state.r_temp * (1 - ratio) * gumbel_noise(conf.shape, generator, conf.device)

@@ -24,6 +24,18 @@ def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
     return -torch.log(-torch.log(u))
 
 
+def categorical(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One code per row of ``probs`` (..., K) -> (...) long, by inverse CDF.
+
+    One uniform per draw where Gumbel-max needs K of them and two logs each; with few
+    positions and a cheap network that difference is most of a shortcut step.
+    """
+    cdf = probs.cumsum(-1)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device, dtype=cdf.dtype)
+    # right=True never picks a zero-probability code at u = 0; the clamp covers rounding in the last bin.
+    return torch.searchsorted(cdf, u * cdf[..., -1:], right=True).clamp_(max=probs.shape[-1] - 1)[..., 0]
+
+
 def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
     """(B, T) bool with ``count`` True per row -> (B, count) their positions, increasing.
 

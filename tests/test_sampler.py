@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from shortcut_core import generate
+from shortcut_core.sampler import categorical
 from tests.tiny import tiny_migm, tiny_shortcut
 
 
@@ -98,3 +99,25 @@ def test_bad_inputs_name_the_problem(migm, shortcut):
 def test_single_class_with_batch(migm):
     res = generate(migm, 1, steps=4, seed=0, batch=3, decode=False)
     assert res.tokens.shape[0] == 3
+
+
+def test_categorical_draws_follow_the_probabilities():
+    probs = torch.tensor([[0.5, 0.0, 0.2, 0.3, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    draws = categorical(probs[:, None, :].expand(2, 40_000, 5).contiguous(), torch.Generator().manual_seed(0))
+    freq = torch.stack([torch.bincount(row, minlength=5) for row in draws]).float() / 40_000
+    assert torch.allclose(freq, probs, atol=0.01)  # 5 sigma of a 40k-draw frequency is < 0.013
+    assert freq[0, 1] == 0 and freq[0, 4] == 0  # zero-probability codes are never drawn
+    again = categorical(probs[:, None, :].expand(2, 40_000, 5).contiguous(), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
+
+
+def test_guiding_features_equals_guiding_logits(migm):
+    """The MaskGIT step guides features before the head; that is exact because the head is affine."""
+    gen = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(2, 3, migm.config.seq_len, migm.config.hidden, generator=gen)
+    positions = torch.tensor([[0, 5, 9], [1, 2, 15], [3, 4, 7]])
+    head = migm.model.logits
+    w = 1.7
+    on_logits = (1 + w) * head(cond, positions) - w * head(uncond, positions)
+    on_features = head((1 + w) * cond - w * uncond, positions)
+    assert torch.allclose(on_logits, on_features, atol=1e-4)

@@ -8,7 +8,9 @@ Timing is fair by construction: the work is split into chunks (one ``--batch`` o
 one seed) and every chunk runs all pending settings back to back, so plain and shortcut
 are measured side by side under the same machine load. Each finished chunk is saved
 (``--state-dir``), so an interrupted sweep resumes where it stopped; a setting's JSON is
-written when its last chunk is done.
+written when its last chunk is done. Two processes given disjoint ``--plain`` /
+``--shortcut-settings`` lists and the same state dir fill it in parallel (one core each);
+a last run with the full lists reuses every chunk and writes the report.
 
     python -m training.sweep                        # the published table (see --help)
     python -m training.sweep --images 500 --headline-images 500 --state-dir runs/try
@@ -19,6 +21,7 @@ Writes ``docs/results/fmnist_sweep.md`` (table + target checks), ``fmnist_sweep.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -185,26 +188,19 @@ def step_costs(migm, shortcut, batch: int, repeats: int, seed: int = 0) -> dict:
         migm.advance(state, feats, 0, gen)  # step 0 revealed: the shortcut now has its inputs
         times = {"base_net": [], "shortcut_net": [], "full_step": [], "shortcut_step": []}
         for _ in range(repeats):
-            saved = (state.tokens.clone(), state.revealed_at.clone(), state.new_ids, state.new_positions,
-                     state.new_map, state.mask_ratio)
             t0 = time.perf_counter()
             f_base = migm.base_features(state)
             t1 = time.perf_counter()
             f_short = migm.shortcut_features(shortcut, feats, state)
             t2 = time.perf_counter()
-            migm.advance(state, f_base, 1, gen)
-            t3 = time.perf_counter()
-            (state.tokens, state.revealed_at, state.new_ids, state.new_positions, state.new_map,
-             state.mask_ratio) = (saved[0].clone(), saved[1].clone(), *saved[2:])
-            t4 = time.perf_counter()
-            migm.advance(state, f_short, 1, gen)
-            t5 = time.perf_counter()
-            (state.tokens, state.revealed_at, state.new_ids, state.new_positions, state.new_map,
-             state.mask_ratio) = (saved[0].clone(), saved[1].clone(), *saved[2:])
             times["base_net"].append(t1 - t0)
             times["shortcut_net"].append(t2 - t1)
-            times["full_step"].append(t1 - t0 + t3 - t2)
-            times["shortcut_step"].append(t2 - t1 + t5 - t4)
+            # Each step reveals into its own copy of the state, so every repeat times the same step 1.
+            for key, f, net in (("full_step", f_base, t1 - t0), ("shortcut_step", f_short, t2 - t1)):
+                fresh = dataclasses.replace(state, tokens=state.tokens.clone(), revealed_at=state.revealed_at.clone())
+                t3 = time.perf_counter()
+                migm.advance(fresh, f, 1, gen)
+                times[key].append(net + time.perf_counter() - t3)
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {
         "batch": batch, "rows": feats.shape[0], "repeats": repeats,
@@ -398,7 +394,7 @@ def reference_points(migm, classifier, ref, count: int) -> dict:
 def default_commands(migm, shortcut, command: str) -> list[str]:
     """Tokenizer, base model, shortcut (as their files record them), then this sweep."""
     made = migm.info.get("commands", {})
-    out = [made[k] for k in ("tokenizer", "maskgit") if k in made]
+    out = [made[k] for k in ("tokenizer", "maskgit", "maskgit_grown") if k in made]
     short = shortcut.info.get("commands", shortcut.info.get("command", []))
     out += short if isinstance(short, list) else [short]
     return [*out, command]
@@ -497,8 +493,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--migm", default=str(DEFAULT_MIGM))
     p.add_argument("--shortcut", default=str(DEFAULT_SHORTCUT))
-    p.add_argument("--plain", default="4,6,8,12,16,24", help="plain sampling step counts N")
-    p.add_argument("--shortcut-settings", default="16:3,16:4,16:5,16:8,24:3,24:4,24:6,24:8,24:12",
+    p.add_argument("--plain", default="2,3,4,6,8,12,16,24", help="plain sampling step counts N")
+    p.add_argument("--shortcut-settings", default="4:1,4:2,6:2,8:2,8:3,16:3,16:4,16:5,16:8,24:3,24:4,24:6,24:8,24:12",
                    help="shortcut settings N:B")
     p.add_argument("--images", type=int, default=2000, help="images per setting")
     p.add_argument("--headline", default="plain_N16,shortcut_N16_B4", help="settings that get --headline-images")
