@@ -7,7 +7,9 @@ masked with that probability; cross-entropy (label smoothing 0.1) on the masked 
 only. The class is replaced by "no class" (``config.null_class``) with probability 0.1,
 which is what classifier-free guidance needs at sampling time.
 
-    python -m training.train_maskgit                 # the shipped model (see --help for sizes)
+    python -m training.train_maskgit --steps 1800    # depth 8, then grow it to the shipped depth 16:
+    python -m training.train_maskgit --preset fmnist-h96-d16 --init-from models/migm/fmnist_maskgit.safetensors \
+        --steps 1000 --lr 5e-4
     python -m training.train_maskgit --steps 20 --out runs/fmnist/try.safetensors
 
 Writes one bundled MIGM file (base + tokenizer, ``shortcut_core.save_migm``) whose info
@@ -40,9 +42,9 @@ CACHE_DIR = Path(".cache/fmnist_tokens")  # git-ignored
 MASKGIT_FMNIST_PRESETS = {
     # The shipped model is fmnist-h96-d16 (1.86 M parameters), grown from a trained
     # fmnist-h96-d8 (--init-from). Its whole sampling step (network + head + sampling) costs
-    # >20x the shortcut's (width 24, 1 block); at depth 8 it was ~17x once the head and the
-    # sampling were made lean, 9.6x before. A sweep of >=2000 images per setting stays
-    # within about an hour of one CPU core.
+    # 34-36x the shipped shortcut's (width 32, 1 block); depth 8 reached only ~17x even
+    # with the lean head and sampling (9.6x before them). A sweep of >=2000 images per
+    # setting takes about half an hour on 2 CPU threads.
     "fmnist-h96-d8": MaskGITConfig(hidden=96, depth=8, heads=4, mlp_dim=384, grid=7, codebook_size=256, num_classes=10),
     "fmnist-h128-d6": MaskGITConfig(hidden=128, depth=6, heads=4, mlp_dim=512, grid=7, codebook_size=256, num_classes=10),
     "fmnist-h128-d8": MaskGITConfig(hidden=128, depth=8, heads=4, mlp_dim=512, grid=7, codebook_size=256, num_classes=10),
