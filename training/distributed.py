@@ -9,6 +9,7 @@ device.
 from __future__ import annotations
 
 import datetime
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -64,6 +65,13 @@ class Dist:
 
     def close(self) -> None:
         if self.initialized and dist.is_initialized():
+            # A two-rank CPU run once wrote its output and then lost rank 1 to SIGABRT
+            # ("terminate called without an active exception") at exit. DDP's reducer sits in
+            # reference cycles; if the interpreter's final teardown frees it, gloo work still
+            # holding tensors needs the GIL while Python is shutting down. So: collect those
+            # cycles while Python is alive, let every rank arrive, then tear down.
+            gc.collect()
+            self.barrier()
             dist.destroy_process_group()
             self.initialized = False
 
