@@ -96,6 +96,19 @@ def with_model_defaults(family: str, info: dict | None, **chosen: float) -> dict
     return out
 
 
+def family_options(migm, *, cfg: float, sm_temp: float, r_temp: float, temperature: float, schedule: str,
+                   width: int, height: int) -> dict:
+    """The sampling options of the node inputs that ``migm``'s family uses, defaults resolved.
+
+    Both sampling nodes show every family's inputs; each family ignores the others' ones.
+    """
+    if migm.family == "dimoo":
+        return dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, temperature=temperature),
+                    height=height, width=width)
+    return dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp),
+                schedule=schedule)
+
+
 def _check_range(name: str, value: int, lo: int, hi: int) -> int:
     """ComfyUI's own range check, repeated for the inputs a validator takes over."""
     if value < lo:

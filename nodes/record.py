@@ -21,10 +21,10 @@ from ..shortcut_core import REVEAL_MODES
 from .options import (
     MODEL_DEFAULT,
     SEED_MAX,
+    family_options,
     output_folder,
     parse_classes,
     parse_prompts,
-    with_model_defaults,
 )
 from .types import MIGM
 
@@ -123,15 +123,15 @@ class RecordTrajectories(io.ComfyNode):
                 batch_size: int, shard_size: int, feature_dtype: str, seed: int, output_name: str) -> io.NodeOutput:
         record = recorder()
         root = output_folder(folder_paths.get_output_directory(), output_name)
+        family = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,
+                                schedule=schedule, width=width, height=height)
         if migm.family == "dimoo":
             lines = parse_prompts(prompts)
-            family = dict(prompts=lines, height=height, width=width,
-                          **with_model_defaults(migm.family, migm.info, cfg=cfg, temperature=temperature))
+            family["prompts"] = lines
             count = len(lines) * count_per_class
         else:
             chosen = parse_classes(classes)
-            family = dict(classes=chosen, schedule=schedule,
-                          **with_model_defaults(migm.family, migm.info, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp))
+            family["classes"] = chosen
             count = (migm.config.num_classes if chosen is None else len(chosen)) * count_per_class
         progress = comfy.utils.ProgressBar(count)
 

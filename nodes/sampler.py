@@ -16,11 +16,11 @@ from .options import (
     SEED_MAX,
     STEPS_MAX,
     STEPS_MIN,
+    family_options,
     parse_classes,
     parse_prompts,
     repeat_each,
     step_plan,
-    with_model_defaults,
 )
 from .types import MIGM, SHORTCUT
 
@@ -116,15 +116,13 @@ class ShortcutSampler(io.ComfyNode):
         plan = step_plan(preset, steps, full_steps, full_step_list)
         if migm.family == "dimoo":
             conditions = dict(prompts=repeat_each(parse_prompts(prompt), batch_size))
-            options = dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, temperature=temperature),
-                           height=height, width=width)
         else:
             chosen = parse_classes(classes)
             if chosen is None:
                 chosen = list(range(migm.config.num_classes))
             conditions = dict(classes=repeat_each(chosen, batch_size))
-            options = dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp),
-                           schedule=schedule)
+        options = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,
+                                 schedule=schedule, width=width, height=height)
         model = None
         if shortcut is None:
             mode = "plain: no shortcut connected"

@@ -96,7 +96,8 @@ def extract_state_dict(obj, path: str | os.PathLike, keys=("model_state_dict", "
             )
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path} does not hold a state dict but a {type(sd).__name__}")
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    # ``n_averaged`` is the step counter EMA wrappers (torch AveragedModel) add: not a weight.
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor) and k != "n_averaged"}
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd

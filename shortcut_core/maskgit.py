@@ -111,14 +111,16 @@ class MaskGIT(nn.Module):
         ``positions`` (B, k) picks image positions so a step pays only for the tokens it
         still has to sample -> (B, k, codebook); None gives every image position.
         """
-        c = self.config
-        # In the features' dtype: the sampler guides features in float32 before the head.
-        weight = self.tok_emb.weight[: c.codebook_size].to(feat.dtype)
-        bias = self.bias[: c.num_image_tokens, : c.codebook_size].to(feat.dtype)
         if positions is None:
-            return feat[:, : c.num_image_tokens] @ weight.T + bias
-        picked = torch.gather(feat, 1, positions[..., None].expand(-1, -1, feat.shape[-1]))
-        return picked @ weight.T + bias[positions]
+            return self.head(feat[:, : self.config.num_image_tokens])
+        return self.head(torch.gather(feat, 1, positions[..., None].expand(-1, -1, feat.shape[-1])), positions)
+
+    def head(self, picked: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Features already picked at image ``positions`` (B, k) (None: all, in order) -> logits, in their dtype."""
+        c = self.config
+        bias = self.bias[: c.num_image_tokens, : c.codebook_size]
+        bias = bias if positions is None else bias[positions]
+        return picked @ self.tok_emb.weight[: c.codebook_size].T.to(picked.dtype) + bias.to(picked.dtype)
 
     def forward(self, tokens: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         return self.logits(self.features(tokens, classes))

@@ -32,7 +32,6 @@ class MaskGITState:
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
-    new_map: torch.Tensor | None = None
     mask_ratio: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
@@ -130,9 +129,8 @@ class MaskGITMIGM:
         return shortcut(
             feats,
             state.new_ids.repeat(reps, 1),
-            state.new_map.repeat(reps, 1),
+            state.new_positions.repeat(reps, 1),
             state.mask_ratio.repeat(reps),
-            new_positions=state.new_positions.repeat(reps, 1),
         )
 
     def advance(self, state: MaskGITState, feats: torch.Tensor, step: int, generator) -> None:
@@ -143,14 +141,15 @@ class MaskGITMIGM:
         if n == 0:
             return
         positions = masked_positions(state.tokens == c.mask_id, m)  # (B, m)
-        feats = feats.float()
+        rows = positions.repeat(feats.shape[0] // B, 1)
+        picked = feats.gather(1, rows[..., None].expand(-1, -1, feats.shape[-1])).float()  # (rows, m, hidden)
         if state.guided:
             # The head is linear with one bias for both halves, so (1+w)*cond - w*uncond on the
             # features equals it on the logits, at half the head's cost.
-            cond, uncond = feats.chunk(2)
+            cond, uncond = picked.chunk(2)
             w = state.cfg * step / (N - 1) if N > 1 else 0.0
-            feats = (1 + w) * cond - w * uncond
-        probs = torch.softmax(self.model.logits(feats, positions) * state.sm_temp, dim=-1)  # (B, m, K)
+            picked = (1 + w) * cond - w * uncond
+        probs = torch.softmax(self.model.head(picked, positions) * state.sm_temp, dim=-1)  # (B, m, K)
         sampled = categorical(probs, generator)
         conf = probs.gather(-1, sampled[..., None])[..., 0].log()
         if state.randomize == "linear" and state.r_temp:
@@ -162,7 +161,6 @@ class MaskGITMIGM:
         state.tokens.scatter_(1, new_positions, new_ids)
         state.revealed_at.scatter_(1, new_positions, step)
         state.new_ids, state.new_positions = new_ids, new_positions
-        state.new_map = torch.zeros(B, c.seq_len, dtype=torch.bool, device=self.device).scatter_(1, new_positions, True)
         state.num_masked = m - n
         state.mask_ratio = torch.full((B,), (m - n) / c.num_image_tokens, device=self.device)
 

@@ -105,23 +105,17 @@ class MaskGITShortcut(nn.Module):
         self,
         prev_feat: torch.Tensor,
         new_ids: torch.Tensor,
-        new_map: torch.Tensor,
+        new_positions: torch.Tensor,
         mask_ratio: torch.Tensor,
-        new_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Predict the next feature.
 
-        prev_feat (B, T, dim); new_ids (B, n) ordered by position; new_map (B, T) bool with
-        exactly n True per row; mask_ratio (B,) in [0, 1]. ``new_positions`` (B, n), when the
-        caller already has it, avoids recovering positions from the map.
+        prev_feat (B, T, dim); new_ids (B, n) at sequence positions new_positions (B, n), in
+        increasing position order as the reference's (B, T) map of new tokens gives them;
+        mask_ratio (B,) in [0, 1].
         """
         if self.wte.numel() == 0:
             raise RuntimeError("shortcut has no base embeddings; load it with load_shortcut(path, migm)")
-        B, T, _ = prev_feat.shape
-        n = new_ids.shape[1]
-        if new_positions is None:
-            # (B, T) bool -> (B, n) positions in increasing order, matching the reference.
-            new_positions = new_map.nonzero()[:, 1].reshape(B, n)
         new = self.new_token_proj_in(self.new_token_embeddings(new_ids, new_positions).to(prev_feat.dtype))
         x = self.proj_in(prev_feat)
         for block in self.blocks:

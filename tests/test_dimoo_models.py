@@ -22,7 +22,6 @@ TINY = LLADA_PRESETS["tiny"]
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
-    pytest.importorskip("tokenizers")
     return write_fake_dimoo_folder(tmp_path_factory.mktemp("dimoo"), TINY, seed=0, shards=2)
 
 
@@ -250,7 +249,6 @@ def test_tokenizer_with_other_special_ids_is_refused(tmp_path):
     from shortcut_core.dimoo.fake import write_tokenizer
     from shortcut_core.dimoo.prompt import PromptTokenizer
 
-    pytest.importorskip("tokenizers")
     import dataclasses
 
     write_tokenizer(tmp_path / "tokenizer.json", dataclasses.replace(TINY, system_id=126000))

@@ -14,8 +14,6 @@ from shortcut_core.dimoo.shortcut import DiMOOShortcut
 from shortcut_core.migm import load_migm, load_shortcut, save_shortcut
 from shortcut_core.sampler import sample
 
-pytest.importorskip("tokenizers")
-
 SIZE = dict(height=48, width=32)  # 3 x 2 image tokens
 STEPS = 8
 

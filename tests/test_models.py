@@ -68,17 +68,16 @@ def test_logits_at_positions_match_full_head():
     torch.testing.assert_close(migm.model.logits(feat, pos), full.gather(1, pos[..., None].expand(-1, -1, 16)))
 
 
-def test_shortcut_positions_from_map_or_given():
+def test_shortcut_prediction_depends_on_the_new_tokens():
     migm = tiny_migm()
     sc = tiny_shortcut(migm)
     feat = torch.randn(2, 17, 32)
     ids = torch.tensor([[3, 4], [5, 6]])
     pos = torch.tensor([[2, 7], [0, 15]])
-    new_map = torch.zeros(2, 17, dtype=torch.bool).scatter_(1, pos, True)
     ratio = torch.tensor([0.5, 0.25])
-    a = sc(feat, ids, new_map, ratio)
-    b = sc(feat, ids, new_map, ratio, new_positions=pos)
-    torch.testing.assert_close(a, b)
+    a = sc(feat, ids, pos, ratio)
     assert a.shape == feat.shape
-    # The new tokens matter: other ids give another prediction.
-    assert not torch.allclose(a, sc(feat, ids + 1, new_map, ratio))
+    # Other ids, other positions or another mask ratio give another prediction.
+    assert not torch.allclose(a, sc(feat, ids + 1, pos, ratio))
+    assert not torch.allclose(a, sc(feat, ids, pos + 1, ratio))
+    assert not torch.allclose(a, sc(feat, ids, pos, ratio / 2))

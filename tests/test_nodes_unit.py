@@ -155,3 +155,13 @@ def test_workflow_files_pair_up():
             for out in node["outputs"]:
                 assert set(out["links"]) <= link_ids
         assert ui["last_link_id"] == max(link_ids) and ui["last_node_id"] == max(n["id"] for n in ui["nodes"])
+
+
+def test_family_options_keep_only_the_family_inputs(options):
+    from types import SimpleNamespace
+
+    inputs = dict(cfg=-1, sm_temp=0.5, r_temp=-1, temperature=0.7, schedule="cosine", width=512, height=256)
+    maskgit = SimpleNamespace(family="maskgit", info={})
+    assert options.family_options(maskgit, **inputs) == {"cfg": 2.8, "sm_temp": 0.5, "r_temp": 7.0, "schedule": "cosine"}
+    dimoo = SimpleNamespace(family="dimoo", info={})
+    assert options.family_options(dimoo, **inputs) == {"cfg": 4.0, "temperature": 0.7, "height": 256, "width": 512}

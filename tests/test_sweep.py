@@ -59,7 +59,12 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     assert "| shortcut N=4 B=1 | 4 | 1 | 20 |" in (out / "fmnist_sweep.md").read_text()
 
     chunks = sorted(state.rglob("*.npz"))
+    assert len(chunks) == 2 + 1  # plain N=2: 40 images, shortcut: 20, in chunks of 20
     stamps = [p.stat().st_mtime_ns for p in chunks]
     second = main(args)  # everything is on disk: nothing is generated again, the figures are the same
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
     assert json.dumps(second["results"], sort_keys=True) == json.dumps(first["results"], sort_keys=True)
+    # Stopped after a setting's last chunk but before its JSON: the summary comes from the chunks.
+    (state / "results" / "shortcut_N4_B1.json").unlink()
+    third = main(args)
+    assert json.dumps(third["results"], sort_keys=True) == json.dumps(first["results"], sort_keys=True)

@@ -20,8 +20,6 @@ from training.record import derive_seed, main as record_main, record_trajectorie
 from training.trajectories import MANIFEST, ManifestError, load_shard, read_manifest
 from training.train import ema_copy, main as train_main
 
-pytest.importorskip("tokenizers")
-
 PROMPTS = ["a red cat", "blue dog on green grass", "a cat"]  # three prompt lengths
 STEPS = 8
 SIZE = dict(height=64, width=64)  # 4 x 4 image tokens

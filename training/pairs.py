@@ -96,7 +96,7 @@ class MaskGITRecipe:
         """Shortcut inputs for the pair (step -> step+1) and the loss mask.
 
         revealed_at (B, T), final_ids (B, L) -> keyword inputs of ``MaskGITShortcut.forward``
-        besides ``prev_feat`` (new_ids, new_map, mask_ratio, new_positions) and the
+        besides ``prev_feat`` (new_ids, new_positions, mask_ratio) and the
         (B, T) bool mask of positions still masked after ``step``.
         """
         L = num_image_tokens
@@ -111,7 +111,7 @@ class MaskGITRecipe:
         still_masked = revealed_at > step
         still_masked[:, L:] = False
         mask_ratio = still_masked[:, :L].sum(1).float() / L
-        inputs = {"new_ids": new_ids, "new_map": new_map, "mask_ratio": mask_ratio, "new_positions": new_positions}
+        inputs = {"new_ids": new_ids, "new_positions": new_positions, "mask_ratio": mask_ratio}
         return inputs, still_masked
 
 
@@ -329,7 +329,8 @@ class DiMOORecipe:
 
             positions, valid = cond_new_positions(prefix_len.to(dev), new_pos)
             inputs = {"new_ids": ids.gather(1, positions), "new_positions": positions,
-                      "new_valid": valid, "mask_ratio": mask_ratio, "seq_valid": seq_valid}
+                      "new_valid": None if seq_valid is None else valid,  # as DiMOOMIGM.shortcut_inputs gives
+                      "mask_ratio": mask_ratio, "seq_valid": seq_valid}
         else:
             inputs = {"new_ids": ids.gather(1, new_pos), "new_positions": new_pos, "new_valid": None,
                       "mask_ratio": mask_ratio, "seq_valid": seq_valid}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import math
 import shlex
 import sys
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from shortcut_core import MaskGIT, MaskGITConfig, MaskGITMIGM, fingerprint, generate, load_migm, load_vqgan, save_migm
 from shortcut_core.checkpoints import read_safetensors_metadata
 from training.fmnist import CLASS_NAMES, load_fmnist, to_tensor
+from training.train import ema_update
 from training.train_tokenizer import Log
 
 DEFAULT_OUT = Path("models/migm/fmnist_maskgit.safetensors")
@@ -42,7 +42,7 @@ CACHE_DIR = Path(".cache/fmnist_tokens")  # git-ignored
 MASKGIT_FMNIST_PRESETS = {
     # The shipped model is fmnist-h96-d16 (1.86 M parameters), grown from a trained
     # fmnist-h96-d8 (--init-from). Its whole sampling step (network + head + sampling) costs
-    # 34-36x the shipped shortcut's (width 32, 1 block); depth 8 reached only ~17x even
+    # 29-36x the shipped shortcut's (width 32, 1 block); depth 8 reached only ~17x even
     # with the lean head and sampling (9.6x before them). A sweep of >=2000 images per
     # setting takes about half an hour on 2 CPU threads.
     "fmnist-h96-d8": MaskGITConfig(hidden=96, depth=8, heads=4, mlp_dim=384, grid=7, codebook_size=256, num_classes=10),
@@ -61,11 +61,7 @@ SAMPLING_DEFAULTS = {"cfg": 2.0, "r_temp": 3.0, "sm_temp": 1.0, "schedule": "arc
 @torch.no_grad()
 def tokenize(vqgan, split: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 7*7) long token ids and (N,) labels of a split, cached by the tokenizer's weights."""
-    h = hashlib.sha256()
-    for name, t in sorted(vqgan.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
-    cache = CACHE_DIR / f"{split}_{h.hexdigest()[:16]}.npz"
+    cache = CACHE_DIR / f"{split}_{fingerprint(vqgan.state_dict(), vqgan.config.to_dict())}.npz"
     if cache.is_file():
         with np.load(cache) as data:
             return torch.from_numpy(data["tokens"]).long(), torch.from_numpy(data["labels"]).long()
@@ -219,9 +215,7 @@ def train(args: argparse.Namespace, command: str) -> Path:
         opt.step()
         sched.step()
         with torch.no_grad():
-            d = min(args.ema, (1 + step) / (10 + step))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - d)
+            ema_update(ema, model, min(args.ema, (1 + step) / (10 + step)))
         if step % args.log_every == 0 or step == 1:
             elapsed = time.perf_counter() - start
             log(f"step {step}/{args.steps}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}  "

@@ -228,7 +228,9 @@ class DiMOOMIGM:
         cond_img_pos = state.cond_image_pos.gather(1, idx)  # (B, r)
         positions, valid = cond_new_positions(state.prompt_lens, cond_img_pos, state.longest_prompt)
         cond_ids = state.cond_ids().gather(1, positions)
-        branches = [dict(new_ids=cond_ids, new_positions=positions, new_valid=valid,
+        # Prompts of one length pad nothing: None, known on the host, spares the shortcut a mask.
+        branches = [dict(new_ids=cond_ids, new_positions=positions,
+                         new_valid=None if state.cond_valid is None else valid,
                          mask_ratio=state.mask_ratio, seq_valid=state.cond_valid)]
         if state.guided:
             branches.append(dict(new_ids=new_image, new_positions=state.uncond_image_pos.gather(1, idx),

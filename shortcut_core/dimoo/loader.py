@@ -284,17 +284,6 @@ def check_shortcut_fits(config: DiMOOShortcutConfig, base: LLaDAConfig, path="sh
         )
 
 
-def build_shortcut(config: DiMOOShortcutConfig, base: LLaDA | None = None, device="cpu",
-                   dtype: torch.dtype | None = None) -> DiMOOShortcut:
-    """A fresh shortcut (random init), bound to ``base``'s embedding table when given."""
-    if base is not None:
-        check_shortcut_fits(config, base.config)
-    shortcut = DiMOOShortcut(config).to(device=device, dtype=dtype)
-    if base is not None:
-        shortcut.bind(base.wte)
-    return shortcut
-
-
 def load_dimoo_shortcut(path: str | os.PathLike, base: LLaDA | None = None, device=None,
                         dtype: torch.dtype | None = None) -> DiMOOShortcut:
     """The published ``dimoo-shortcut.pth`` (plain state dict, read weights-only) or a ``.safetensors``.
@@ -304,9 +293,6 @@ def load_dimoo_shortcut(path: str | os.PathLike, base: LLaDA | None = None, devi
     """
     path = Path(path)
     sd, meta = load_any_state_dict(path)
-    sd = {k: v for k, v in sd.items() if k != "n_averaged"}  # EMA wrappers (AveragedModel) add it
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
     if meta.get("config") is not None:
         if meta.get("kind", "shortcut") != "shortcut" or meta.get("family", "dimoo") != "dimoo":
             raise CheckpointError(f"{path} is a {meta.get('family')!r} {meta.get('kind')!r} file, not a DiMOO shortcut")

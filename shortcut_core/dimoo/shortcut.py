@@ -112,10 +112,6 @@ class DiMOOShortcut(nn.Module):
         if c.embed_t and mask_ratio is None:
             raise ValueError("this shortcut is conditioned on the mask ratio: pass mask_ratio (B,)")
         dtype = self.proj_in.weight.dtype
-        if new_valid is not None and bool(new_valid.all()):
-            new_valid = None
-        if seq_valid is not None and bool(seq_valid.all()):
-            seq_valid = None
         new = F.embedding(new_ids, table).to(dtype)  # (B, n, dim)
         new = self.new_token_proj_in(new)
         x = self.proj_in(prev_feat.to(dtype))
