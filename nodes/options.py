@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
+from ..shortcut_core.conditions import parse_class_spec
 from ..shortcut_core.schedules import full_step_indices, parse_full_steps
 
 STEPS_MIN, STEPS_MAX = 1, 4096
 SEED_MAX = 2**64 - 1
 MODEL_DEFAULT = -1.0  # a sampler option at this value takes the model's recommended one
-# Published sampler settings, used when a model file recommends none (MaskGIT-512, Lumina-DiMOO).
-FAMILY_SAMPLING = {"maskgit": {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0}, "dimoo": {"cfg": 4.0, "temperature": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -79,34 +78,21 @@ def step_plan(preset: str, steps: int, full_steps: int, full_step_list: str = ""
     return StepPlan(n, b)
 
 
-def with_model_defaults(family: str, info: dict | None, **chosen: float) -> dict[str, float]:
-    """The chosen sampler options, each negative one replaced by the model's recommended value.
-
-    Recommended: the model file's ``info["sampling_defaults"]`` (the embedded Fashion-MNIST
-    model carries its own), else the family's published settings (``FAMILY_SAMPLING``).
-    """
-    recommended = {**FAMILY_SAMPLING.get(family, {}), **(info or {}).get("sampling_defaults", {})}
-    out = {}
-    for key, value in chosen.items():
-        if value < 0:
-            if key not in recommended:
-                raise ValueError(f"{key}: {family} models have no default for it; set a value of 0 or more")
-            value = recommended[key]
-        out[key] = float(value)
-    return out
+def given_options(**chosen: float) -> dict[str, float]:
+    """The sampler options the user set; one left at ``MODEL_DEFAULT`` (negative) is left out, so
+    the model applies its own recommended value (``migm.sampling_defaults``)."""
+    return {key: float(value) for key, value in chosen.items() if value >= 0}
 
 
 def family_options(migm, *, cfg: float, sm_temp: float, r_temp: float, temperature: float, schedule: str,
                    width: int, height: int) -> dict:
-    """The sampling options of the node inputs that ``migm``'s family uses, defaults resolved.
+    """The sampling options of the node inputs that ``migm``'s family uses.
 
     Both sampling nodes show every family's inputs; each family ignores the others' ones.
     """
     if migm.family == "dimoo":
-        return dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, temperature=temperature),
-                    height=height, width=width)
-    return dict(**with_model_defaults(migm.family, migm.info, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp),
-                schedule=schedule)
+        return dict(**given_options(cfg=cfg, temperature=temperature), height=height, width=width)
+    return dict(**given_options(cfg=cfg, sm_temp=sm_temp, r_temp=r_temp), schedule=schedule)
 
 
 def _check_range(name: str, value: int, lo: int, hi: int) -> int:
@@ -118,26 +104,9 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> int:
     return int(value)
 
 
-def parse_classes(text: str) -> list[int | str] | None:
-    """'all' -> None (every class); '3' / '0,7' / '2-5' / 'sandal, bag' -> a list of indices and names."""
-    text = (text or "").strip()
-    if text.lower() == "all":
-        return None
-    out: list[int | str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        if sep and lo.strip().isdigit() and hi.strip().isdigit():
-            if int(hi) < int(lo):
-                raise ValueError(f"class range {part!r} runs backwards; write it as {hi.strip()}-{lo.strip()}")
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(part) if part.isdigit() else part)
-    if not out:
-        raise ValueError("no class given: write a class index or name, a comma list such as '0,7', or 'all'")
-    return out
+def parse_classes(text: str, num_classes: int) -> list[int | str]:
+    """'3' / '0,7' / '2-5' / 'sandal, bag' / 'all' / 'none' -> indices, names and 'none' (unconditional)."""
+    return parse_class_spec(text, num_classes, name="classes")
 
 
 def parse_prompts(text: str) -> list[str]:

@@ -60,8 +60,8 @@ class RecordTrajectories(io.ComfyNode):
             inputs=[
                 MIGM.Input("migm", tooltip="The base model to record (Load MIGM)."),
                 io.String.Input("classes", default="all",
-                                tooltip="Class-conditional models: the classes to record, 'all', '0-9', '0,3,7' or "
-                                        "names; trajectory i gets the i-th class, cycling."),
+                                tooltip="Class-conditional models: the classes to record, 'all', '0-9', '0,3,7', names, "
+                                        "or 'none' (unconditional); trajectory i gets the i-th class, cycling."),
                 io.Int.Input("count_per_class", default=64, min=1, max=1_000_000,
                              tooltip="Trajectories per class (or per prompt line); the total is this times the "
                                      "number of classes."),
@@ -130,9 +130,9 @@ class RecordTrajectories(io.ComfyNode):
             family["prompts"] = lines
             count = len(lines) * count_per_class
         else:
-            chosen = parse_classes(classes)
+            chosen = parse_classes(classes, migm.config.num_classes)
             family["classes"] = chosen
-            count = (migm.config.num_classes if chosen is None else len(chosen)) * count_per_class
+            count = len(chosen) * count_per_class
         progress = comfy.utils.ProgressBar(count)
 
         def on_progress(done: int, total: int) -> None:

@@ -47,8 +47,9 @@ class ShortcutSampler(io.ComfyNode):
                                        "temperatures and size stay as set."),
                 io.String.Input("classes", default="0",
                                 tooltip="Class-conditional models (MaskGIT): a class index or name, a comma list "
-                                        "('0,7', 'sandal, bag'), a range ('0-9') or 'all'. Ignored by "
-                                        "text-to-image models."),
+                                        "('0,7', 'sandal, bag'), a range ('0-9'), 'all', or 'none' for unconditional "
+                                        "sampling (no class; guidance is ignored for those images and they cost one "
+                                        "pass per step). Ignored by text-to-image models."),
                 io.String.Input("prompt", default="", multiline=True,
                                 tooltip="Text-to-image models (Lumina-DiMOO): the prompt; one per line for "
                                         "several. Ignored by class-conditional models."),
@@ -117,10 +118,7 @@ class ShortcutSampler(io.ComfyNode):
         if migm.family == "dimoo":
             conditions = dict(prompts=repeat_each(parse_prompts(prompt), batch_size))
         else:
-            chosen = parse_classes(classes)
-            if chosen is None:
-                chosen = list(range(migm.config.num_classes))
-            conditions = dict(classes=repeat_each(chosen, batch_size))
+            conditions = dict(classes=repeat_each(parse_classes(classes, migm.config.num_classes), batch_size))
         options = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,
                                  schedule=schedule, width=width, height=height)
         model = None

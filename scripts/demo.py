@@ -1,9 +1,10 @@
 """Main-job demo: the embedded Fashion-MNIST model, plain vs shortcut, side by side.
 
-Generates ``--per-class`` images for every class twice with the same seed (plain N steps,
-then the shortcut with B of the N steps full), writes a labelled grid to
-``out/demo_grid.png`` and prints the seconds, the speed-up, base passes and the class
-consistency of both (shipped classifier). Runs in well under a minute on 2 CPU cores.
+For both regimes (class-conditional: every class; unconditional: class 'none') it
+generates the same seeds three ways: plain N steps, the shortcut with B of the N steps
+full, and plain B steps (the same number of base passes as the shortcut). It writes a
+labelled grid with the timings to ``out/demo_grid.png`` and prints seconds, speed-ups,
+base passes and the class consistency (shipped classifier). About a minute on 2 CPU cores.
 
     bash scripts/demo.sh            # setup + this script
     .venv/bin/python scripts/demo.py --steps 16 --full-steps 4
@@ -22,32 +23,56 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from shortcut_core import generate, load_migm, load_shortcut  # noqa: E402
-from training.sweep import image_grid, to_uint8  # noqa: E402
+from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="scripts/demo.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--migm", default=str(ROOT / "models/migm/fmnist_maskgit.safetensors"))
     p.add_argument("--shortcut", default=str(ROOT / "models/migm_shortcut/fmnist_shortcut.safetensors"))
     p.add_argument("--steps", type=int, default=16, help="sampling steps N")
     p.add_argument("--full-steps", type=int, default=4, help="base-model steps B of N for the shortcut run")
-    p.add_argument("--per-class", type=int, default=20, help="images per class and method (timed together)")
-    p.add_argument("--show", type=int, default=6, help="images per class shown in the grid")
+    p.add_argument("--per-class", type=int, default=20, help="class-conditional images per class and method "
+                                                             "(unconditional: 10x as many)")
+    p.add_argument("--show", type=int, default=6, help="images per row shown in the grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy 2-core machine")
     p.add_argument("--out", default=str(ROOT / "out/demo_grid.png"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.steps < 2:
+        p.error(f"--steps must be at least 2, got {args.steps}")
+    if not 1 <= args.full_steps < args.steps:
+        p.error(f"--full-steps must be at least 1 and below --steps ({args.steps}), got {args.full_steps}")
+    if args.per_class < 1 or not 1 <= args.show <= args.per_class:
+        p.error("--per-class must be at least 1 and --show between 1 and --per-class")
+    return args
 
 
-def side_by_side(left: Image.Image, right: Image.Image, titles: tuple[str, str]) -> Image.Image:
+def titled(grid: Image.Image, title: str) -> Image.Image:
     font = ImageFont.load_default()
-    gap, top = 16, 18
-    canvas = Image.new("RGB", (left.width + gap + right.width, top + max(left.height, right.height)), "white")
-    canvas.paste(left, (0, top))
-    canvas.paste(right, (left.width + gap, top))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((90, 3), titles[0], fill="black", font=font)
-    draw.text((left.width + gap + 4, 3), titles[1], fill="black", font=font)
+    canvas = Image.new("RGB", (max(grid.width, 6 * len(title) + 8), grid.height + 16), "white")
+    canvas.paste(grid, (0, 16))
+    ImageDraw.Draw(canvas).text((4, 2), title, fill="black", font=font)
+    return canvas
+
+
+def row_of(panels: list[Image.Image], gap: int = 16) -> Image.Image:
+    canvas = Image.new("RGB", (sum(p.width for p in panels) + gap * (len(panels) - 1), max(p.height for p in panels)),
+                       "white")
+    x = 0
+    for panel in panels:
+        canvas.paste(panel, (x, 0))
+        x += panel.width + gap
+    return canvas
+
+
+def column_of(panels: list[Image.Image], gap: int = 12) -> Image.Image:
+    canvas = Image.new("RGB", (max(p.width for p in panels), sum(p.height for p in panels) + gap * (len(panels) - 1)),
+                       "white")
+    y = 0
+    for panel in panels:
+        canvas.paste(panel, (0, y))
+        y += panel.height + gap
     return canvas
 
 
@@ -56,48 +81,59 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     migm = load_migm(args.migm)
     shortcut = load_shortcut(args.shortcut, migm)
-    options = dict(migm.info.get("sampling_defaults", {}))
     names = migm.class_names or [str(c) for c in range(migm.config.num_classes)]
-    classes = [c for c in range(len(names)) for _ in range(args.per_class)]
-    generate(migm, list(range(len(names))), steps=2, seed=args.seed, **options)  # warm-up: first-call overhead
-    plain = generate(migm, classes, steps=args.steps, seed=args.seed, **options)
-    short = generate(migm, classes, steps=args.steps, full_steps=args.full_steps, shortcut=shortcut,
-                     seed=args.seed, **options)
-
-    grids = []
-    for result, labels in ((plain, list(names)), (short, None)):  # class names once, on the left
-        images = to_uint8(result.images).reshape(len(names), args.per_class, 28, 28)[:, : args.show]
-        grids.append(image_grid(images.reshape(-1, 28, 28), args.show, row_labels=labels))
-    canvas = side_by_side(grids[0], grids[1], (f"plain, N={args.steps}",
-                                               f"shortcut, N={args.steps}, B={args.full_steps}"))
+    n, b = args.steps, args.full_steps
+    regimes = {"class-conditional": [c for c in range(len(names)) for _ in range(args.per_class)],
+               "unconditional": ["none"] * (len(names) * args.per_class)}
+    runs = {"plain": dict(steps=n), "shortcut": dict(steps=n, full_steps=b, shortcut=shortcut),
+            "plain_b": dict(steps=b)}
+    titles = {"plain": f"plain N={n}", "shortcut": f"shortcut N={n}, B={b}", "plain_b": f"plain N={b} (same passes)"}
+    generate(migm, list(range(len(names))), steps=2, seed=args.seed)  # warm-up: first-call overhead
+    print(f"sampling settings: the model's own ({migm.sampling_defaults})", flush=True)
+    report, rows = {}, []
+    for regime, classes in regimes.items():
+        results = {}
+        for key, kw in runs.items():
+            results[key] = generate(migm, classes, seed=args.seed, **kw)
+            print(f"{regime:>17}, {titles[key]:<26} {results[key].stats.report()}", flush=True)
+        panels = []
+        for key, result in results.items():
+            images = to_uint8(result.images).reshape(len(names), args.per_class, 28, 28)[:, : args.show]
+            labels = list(names) if regime == "class-conditional" and key == "plain" else None
+            grid = image_grid(images.reshape(-1, 28, 28), args.show, row_labels=labels)
+            panels.append(titled(grid, f"{titles[key]}: {result.stats.seconds:.1f} s"))
+        rows.append(titled(row_of(panels), f"{regime} ({len(classes)} images per method)"))
+        speedup = results["plain"].stats.seconds / results["shortcut"].stats.seconds
+        report[regime] = {k: {"seconds": r.stats.seconds, "base_passes": r.stats.base_passes}
+                          for k, r in results.items()}
+        report[regime]["speedup"] = speedup
+        print(f"{regime}: shortcut {speedup:.2f}x faster than plain N={n} "
+              f"({results['plain'].stats.seconds:.2f} s -> {results['shortcut'].stats.seconds:.2f} s), base passes "
+              f"{results['plain'].stats.base_passes} -> {results['shortcut'].stats.base_passes}", flush=True)
+        if regime == "class-conditional":
+            consistency = class_consistency_or_none({k: r.images for k, r in results.items()}, classes)
+            if consistency:
+                report[regime]["consistency"] = consistency
+                print("class consistency: " + ", ".join(f"{titles[k]} {v * 100:.1f} %" for k, v in consistency.items()))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out)
-
-    report = {"plain_seconds": plain.stats.seconds, "shortcut_seconds": short.stats.seconds,
-              "speedup": plain.stats.seconds / short.stats.seconds,
-              "plain_base_passes": plain.stats.base_passes, "shortcut_base_passes": short.stats.base_passes}
-    print(f"{len(classes)} images per method ({args.per_class} per class), N={args.steps}, options {options}")
-    print(f"plain:    {plain.stats.report()}")
-    print(f"shortcut: {short.stats.report()}")
-    print(f"measured speed-up {report['speedup']:.2f}x ({plain.stats.seconds:.2f} s -> {short.stats.seconds:.2f} s), "
-          f"base passes {plain.stats.base_passes} -> {short.stats.base_passes}")
-    try:
-        from training.classifier import DEFAULT_CLASSIFIER, load_classifier
-        from training.fd import class_consistency
-    except ImportError as exc:
-        print(f"class consistency skipped: {exc}")
-    else:
-        if DEFAULT_CLASSIFIER.is_file():
-            classifier = load_classifier()
-            for name, result in (("plain", plain), ("shortcut", short)):
-                report[f"{name}_consistency"] = class_consistency(to_uint8(result.images), np.asarray(classes), classifier)
-            print(f"class consistency: plain {report['plain_consistency'] * 100:.1f} %, "
-                  f"shortcut {report['shortcut_consistency'] * 100:.1f} %")
-        else:
-            print(f"class consistency skipped: no classifier at {DEFAULT_CLASSIFIER}")
+    column_of(rows).save(out)
     print(f"wrote {out}")
     return report
+
+
+def class_consistency_or_none(images: dict, classes: list[int]) -> dict | None:
+    try:
+        from training.fmnist.classifier import DEFAULT_CLASSIFIER, load_classifier
+        from training.fmnist.fd import class_consistency
+    except ImportError as exc:
+        print(f"class consistency skipped: {exc}")
+        return None
+    if not DEFAULT_CLASSIFIER.is_file():
+        print(f"class consistency skipped: no classifier at {DEFAULT_CLASSIFIER}")
+        return None
+    classifier = load_classifier()
+    return {k: class_consistency(to_uint8(v), np.asarray(classes), classifier) for k, v in images.items()}
 
 
 if __name__ == "__main__":

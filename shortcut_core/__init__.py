@@ -11,6 +11,8 @@ Standalone: imports torch, safetensors, numpy, pillow and einops, never ComfyUI.
 """
 from __future__ import annotations
 
+import warnings
+
 from .checkpoints import CheckpointError, fingerprint, load_pickle_checkpoint, read_safetensors_metadata
 from .maskgit import MASKGIT_PRESETS, MaskGIT, MaskGITConfig
 from .maskgit_family import MaskGITMIGM
@@ -22,19 +24,30 @@ from .vqgan import VQGAN_PRESETS, VQGAN, VQGANConfig
 
 
 def generate(migm, classes=None, *, steps: int, full_steps=None, shortcut=None, seed: int = 0, cfg: float | None = None,
-             prompts=None, callback=None, decode: bool = True, **options) -> GenerationResult:
+             prompts=None, callback=None, decode: bool = True, placement: str = "paper", **options) -> GenerationResult:
     """Generate images; ``full_steps`` B (or a list) of ``steps`` N run the base model.
 
-    ``classes`` for class-conditional models (indices or names), ``prompts`` for
-    text-to-image ones. With ``shortcut=None`` (or B = N) this is plain sampling.
+    ``classes`` for class-conditional models: indices, names, a spec such as ``"0-9"`` or
+    ``"all"``, and ``"none"`` for unconditional sampling; ``prompts`` for text-to-image ones.
+    With ``shortcut=None`` (or B = N) this is plain sampling. Options left out (``cfg``,
+    temperatures, schedule) take the model's recommended values (``migm.sampling_defaults``).
+    ``placement="calibrated"`` places the B full steps as the shortcut's calibration says.
     """
     conditions = prompts if prompts is not None else classes
     if conditions is None:
         raise ValueError("pass classes=... for a class-conditional model or prompts=... for a text-to-image one")
+    if prompts is not None and migm.family == "maskgit":
+        raise ValueError(f"{migm.name!r} is a class-conditional MaskGIT: pass classes=... (indices, names, 'all' or "
+                         f"'none'), not prompts")
+    if classes is not None and prompts is None and migm.family == "dimoo":
+        raise ValueError(f"{migm.name!r} is a text-to-image model: pass prompts=..., not classes")
     if cfg is not None:
         options["cfg"] = cfg
+    if shortcut is None and full_steps is not None and full_steps != steps:
+        warnings.warn(f"full_steps={full_steps!r} without a shortcut: every step runs the base model (plain "
+                      f"sampling); pass shortcut=load_shortcut(...) to accelerate", stacklevel=2)
     return sample(migm, conditions, steps=steps, full_steps=full_steps, shortcut=shortcut, seed=seed,
-                  callback=callback, decode=decode, **options)
+                  callback=callback, decode=decode, placement=placement, **options)
 
 
 __all__ = [

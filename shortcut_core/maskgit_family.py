@@ -11,8 +11,9 @@ from typing import Sequence
 import torch
 
 from .checkpoints import CheckpointError
+from .conditions import resolve_class_list
 from .maskgit import MaskGIT
-from .sampler import categorical, gumbel_noise, masked_positions
+from .sampler import categorical, finite_number, gumbel_noise, masked_positions
 from .schedules import reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
@@ -29,6 +30,8 @@ class MaskGITState:
     r_temp: float
     randomize: str
     num_masked: int  # image positions still masked (the same in every row)
+    # (B, 1, 1) 1.0 for conditional rows, 0.0 for unconditional ones; None when every row is conditional.
+    guide_rows: torch.Tensor | None = None
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
@@ -42,6 +45,10 @@ class MaskGITState:
     @property
     def guided(self) -> bool:
         return self.cfg != 0
+
+
+# Published MaskGIT-512 settings (Halton-MaskGIT v1.0), used where a model file recommends none.
+PUBLISHED_SAMPLING = {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0, "schedule": "arccos", "randomize": "linear"}
 
 
 class MaskGITMIGM:
@@ -74,46 +81,52 @@ class MaskGITMIGM:
             self.vqgan.to(device=device)  # the decoder stays fp32: it is cheap and fp16 bands show
         return self
 
+    @property
+    def sampling_defaults(self) -> dict:
+        """What ``start`` uses for an option the caller leaves out: the model file's recommended
+        settings (``info["sampling_defaults"]``) over the published MaskGIT-512 ones."""
+        return {**PUBLISHED_SAMPLING, **self.info.get("sampling_defaults", {})}
+
     def resolve_classes(self, classes, batch: int | None = None) -> torch.Tensor:
-        """Class indices or names -> (B,) long. A single class with ``batch`` repeats."""
-        n = self.config.num_classes
-        if isinstance(classes, (int, str)):
-            classes = [classes] * (batch or 1)
-        out = []
-        for c in classes:
-            if isinstance(c, str) and not c.strip().lstrip("-").isdigit():
-                names = self.class_names or []
-                matches = [i for i, name in enumerate(names) if name.lower() == c.strip().lower()]
-                if not matches:
-                    raise ValueError(f"unknown class name {c!r} for {self.name}; known: {', '.join(names[:20])}")
-                out.append(matches[0])
-                continue
-            c = int(c)
-            if not 0 <= c < n:
-                raise ValueError(f"class {c} is outside 0..{n - 1} for {self.name}")
-            out.append(c)
-        if not out:
-            raise ValueError("no class given: pass at least one class index or name")
+        """Class spec (``'0-9'``, ``'all'``, ``'none'``, names), index, name or list -> (B,) long.
+
+        ``none`` is the null class (unconditional sampling). A single class with ``batch`` repeats.
+        """
+        c = self.config
+        out = resolve_class_list(classes, c.num_classes, c.null_class, self.class_names, model_name=repr(self.name),
+                                 batch=batch)
         return torch.tensor(out, dtype=torch.long)
 
     # -- sampler protocol ---------------------------------------------------------
     def passes_per_full_step(self, state: MaskGITState) -> int:
         return 1  # cond and uncond share one batched forward
 
-    def start(self, classes, *, steps: int, generator, cfg: float = 2.8, sm_temp: float = 1.0, r_temp: float = 7.0,
-              schedule: str = "arccos", randomize: str = "linear", batch: int | None = None) -> MaskGITState:
+    def start(self, classes, *, steps: int, generator, cfg: float | None = None, sm_temp: float | None = None,
+              r_temp: float | None = None, schedule: str | None = None, randomize: str | None = None,
+              batch: int | None = None) -> MaskGITState:
+        """Options left at None take ``sampling_defaults``. Rows of the null class (``'none'``)
+        are unconditional: guidance leaves them untouched, and a batch of only such rows
+        runs one pass per step whatever ``cfg`` says."""
         c = self.config
-        classes = self.resolve_classes(classes, batch).to(self.device)
+        given = {"cfg": cfg, "sm_temp": sm_temp, "r_temp": r_temp, "schedule": schedule, "randomize": randomize}
+        o = {k: (self.sampling_defaults[k] if v is None else v) for k, v in given.items()}
+        for key in ("cfg", "sm_temp", "r_temp"):
+            o[key] = finite_number(key, o[key])
+        if o["randomize"] not in ("linear", "none"):
+            raise ValueError(f"randomize must be 'linear' or 'none', got {o['randomize']!r}")
+        classes = self.resolve_classes(classes, batch)
+        uncond = classes == c.null_class
+        cfg = 0.0 if bool(uncond.all()) else o["cfg"]
+        guide_rows = (~uncond).float()[:, None, None].to(self.device) if cfg and bool(uncond.any()) else None
+        classes = classes.to(self.device)
         B = classes.shape[0]
-        if randomize not in ("linear", "none"):
-            raise ValueError(f"randomize must be 'linear' or 'none', got {randomize!r}")
         tokens = torch.full((B, c.num_image_tokens), c.mask_id, dtype=torch.long, device=self.device)
         revealed_at = torch.full((B, c.seq_len), -1, dtype=torch.long, device=self.device)
         return MaskGITState(
             classes=classes, tokens=tokens, revealed_at=revealed_at,
-            counts=reveal_counts(c.num_image_tokens, steps, schedule), steps=steps,
-            cfg=float(cfg), sm_temp=float(sm_temp), r_temp=float(r_temp), randomize=randomize,
-            num_masked=c.num_image_tokens,
+            counts=reveal_counts(c.num_image_tokens, steps, o["schedule"]), steps=steps,
+            cfg=cfg, sm_temp=o["sm_temp"], r_temp=o["r_temp"], randomize=o["randomize"],
+            num_masked=c.num_image_tokens, guide_rows=guide_rows,
         )
 
     def base_features(self, state: MaskGITState) -> torch.Tensor:
@@ -148,6 +161,8 @@ class MaskGITMIGM:
             # features equals it on the logits, at half the head's cost.
             cond, uncond = picked.chunk(2)
             w = state.cfg * step / (N - 1) if N > 1 else 0.0
+            if state.guide_rows is not None:
+                w = w * state.guide_rows  # unconditional rows: cond == uncond, keep them exactly unguided
             picked = (1 + w) * cond - w * uncond
         probs = torch.softmax(self.model.head(picked, positions) * state.sm_temp, dim=-1)  # (B, m, K)
         sampled = categorical(probs, generator)

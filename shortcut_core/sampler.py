@@ -6,13 +6,33 @@ model specific (see ``docs/DESIGN.md``).
 """
 from __future__ import annotations
 
+import inspect
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 
+from .placement import resolve_placement
 from .schedules import resolve_full_steps
+
+
+def finite_number(name: str, value) -> float:
+    """A sampler setting as float; booleans, non-numbers, NaN and infinities are refused by name."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def check_options(migm, options: dict) -> None:
+    """Refuse option names the family's ``start`` does not take, listing the ones it does."""
+    accepted = [n for n, p in inspect.signature(migm.start).parameters.items()
+                if p.kind == p.KEYWORD_ONLY and n not in ("steps", "generator")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"unknown sampling option(s) {', '.join(map(repr, unknown))} for a {migm.family} model; "
+                        f"valid: {', '.join(accepted)}")
 
 
 def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
@@ -57,6 +77,7 @@ class SamplingStats:
     seconds: float = 0.0  # sampling loop only (base, shortcut, head, sampling)
     decode_seconds: float = 0.0  # tokens -> pixels
     batch: int = 1
+    placement: str = ""  # how the full steps were chosen, when it is not the paper's or an explicit list
 
     @property
     def full_steps(self) -> int:
@@ -76,7 +97,7 @@ class SamplingStats:
             f"full {self.full_steps}/{self.steps}, shortcut {self.shortcut_steps}, "
             f"base passes {self.base_passes} (plain: {self.plain_base_passes}), "
             f"{self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
-            f"({self.seconds_per_image:.3f} s/image)"
+            f"({self.seconds_per_image:.3f} s/image)" + (f"; {self.placement}" if self.placement else "")
         )
 
     def to_dict(self) -> dict:
@@ -91,6 +112,7 @@ class SamplingStats:
             "seconds_per_image": self.seconds_per_image,
             "decode_seconds": self.decode_seconds,
             "batch": self.batch,
+            "placement": self.placement,
         }
 
 
@@ -123,16 +145,22 @@ def sample(
     seed: int = 0,
     callback: Callable[[StepInfo], None] | None = None,
     decode: bool = True,
+    placement: str = "paper",
     **options,
 ) -> GenerationResult:
     """Run ``steps`` sampling steps; only the steps in ``full_steps`` run the base model.
 
     ``full_steps``: None (every step), an int B (placed as in the paper), or an explicit
     list / "0,3,5" string. Without a shortcut every step is full whatever ``full_steps``
-    says, so "off" is exactly plain sampling. ``options`` go to the family (guidance,
-    temperatures, schedule ...).
+    says, so "off" is exactly plain sampling. ``placement="calibrated"`` puts B full steps
+    where the shortcut file's calibration says (``shortcut_core.placement``). ``options`` go
+    to the family (guidance, temperatures, schedule ...).
     """
+    check_options(migm, options)
     full_list = resolve_full_steps(steps, full_steps)
+    calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut)
+    if calibrated is not None:
+        full_list = calibrated
     if shortcut is None:
         full_list = list(range(steps))
     else:
@@ -140,7 +168,7 @@ def sample(
     full_set = set(full_list)
     generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
     state = migm.start(conditions, steps=steps, generator=generator, **options)
-    stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch)
+    stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch, placement=placement_note)
     stats.plain_base_passes = steps * migm.passes_per_full_step(state)
 
     if migm.device.type == "cuda":

@@ -38,13 +38,13 @@ def shortcut(migm):
 
 @pytest.fixture(scope="module")
 def classifier():
-    from training.classifier import load_classifier
+    from training.fmnist.classifier import load_classifier
 
     return load_classifier(CLASSIFIER_PATH)
 
 
 def consistency(migm, classifier, shortcut=None, steps=8, full_steps=None) -> float:
-    from training.fd import class_consistency
+    from training.fmnist.fd import class_consistency
 
     classes = [c for c in range(10) for _ in range(PER_CLASS)]
     result = generate(migm, classes, steps=steps, full_steps=full_steps, shortcut=shortcut, seed=SEED,

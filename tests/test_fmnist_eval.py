@@ -17,14 +17,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from training.classifier import (
+from training.fmnist.classifier import (
     CLASSIFIER_PRESETS,
     DEFAULT_CLASSIFIER,
     FmnistClassifier,
     load_classifier,
     save_classifier,
 )
-from training.fd import (
+from training.fmnist.fd import (
     class_consistency,
     extract_features,
     fd_fmnist,
@@ -35,7 +35,7 @@ from training.fd import (
     to_classifier_input,
     trace_sqrt_product,
 )
-from training.fmnist import CLASS_NAMES, DEFAULT_ROOT, load_fmnist, to_tensor, to_uint8
+from training.fmnist.dataset import CLASS_NAMES, DEFAULT_ROOT, load_fmnist, to_tensor, to_uint8
 
 N_ACC = 2000  # test images in the accuracy check
 N_FD = 1500  # images per set in the real-data FD ordering check
@@ -108,7 +108,7 @@ def test_shipped_classifier_file_and_accuracy(classifier, test_split):
     meta = classifier.metadata
     for key in ("config", "data", "epochs", "seed", "test_accuracy", "command"):
         assert key in meta
-    assert meta["command"].startswith("python -m training.classifier")
+    assert meta["command"].startswith("python -m training.fmnist.classifier")
     assert float(meta["test_accuracy"]) >= 0.90
     images, labels = test_split
     # class_consistency with the true labels is plain accuracy.
@@ -138,7 +138,7 @@ def test_save_load_round_trip_and_refusal(tiny_classifier, tmp_path):
     save_file({"w": torch.zeros(2)}, str(other), metadata={"format": "something_else"})
     with pytest.raises(ValueError, match="not a Fashion-MNIST classifier"):
         load_classifier(other)
-    with pytest.raises(FileNotFoundError, match="python -m training.classifier"):
+    with pytest.raises(FileNotFoundError, match="python -m training.fmnist.classifier"):
         load_classifier(tmp_path / "missing.safetensors")
 
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import tiny_migm
+
 ROOT = Path(__file__).resolve().parents[1]
 PACK = "migm_pack_under_test"
 
@@ -79,27 +81,29 @@ def test_presets(options):
     assert list(options.PRESETS)[:2] == ["custom", "off (plain)"]
 
 
-def test_model_defaults_fill_negative_options(options):
-    fmnist = {"sampling_defaults": {"cfg": 1.0, "r_temp": 2.0, "sm_temp": 1.0, "schedule": "arccos"}}
-    assert options.with_model_defaults("maskgit", fmnist, cfg=-1, sm_temp=0.5, r_temp=-1) == \
-        {"cfg": 1.0, "sm_temp": 0.5, "r_temp": 2.0}
-    assert options.with_model_defaults("maskgit", {}, cfg=-1, sm_temp=-1, r_temp=-1) == \
-        {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0}  # MaskGIT-512's published settings
-    assert options.with_model_defaults("dimoo", {}, cfg=-1, temperature=0.0) == {"cfg": 4.0, "temperature": 0.0}
-    assert options.with_model_defaults("maskgit", None, cfg=0) == {"cfg": 0.0}  # 0 = guidance off, kept
-    with pytest.raises(ValueError, match="no default"):
-        options.with_model_defaults("other", {}, cfg=-1)
+def test_negative_options_are_left_to_the_model(options):
+    # The model applies its own recommended value to every option the node leaves at -1.
+    assert options.given_options(cfg=-1, sm_temp=0.5, r_temp=-1) == {"sm_temp": 0.5}
+    assert options.given_options(cfg=0) == {"cfg": 0.0}  # 0 = guidance off, kept
+    tiny = tiny_migm(vqgan=False)
+    got = options.family_options(tiny, cfg=-1, sm_temp=-1, r_temp=2.0, temperature=-1, schedule="cosine",
+                                 width=64, height=64)
+    assert got == {"r_temp": 2.0, "schedule": "cosine"}
 
 
 def test_class_lists(options):
-    assert options.parse_classes("all") is None and options.parse_classes(" ALL ") is None
-    assert options.parse_classes("3") == [3]
-    assert options.parse_classes("0, 7,sandal , Ankle boot") == [0, 7, "sandal", "Ankle boot"]
-    assert options.parse_classes("2-4,9") == [2, 3, 4, 9]
+    assert options.parse_classes("all", 10) == list(range(10))
+    assert options.parse_classes(" ALL ", 3) == [0, 1, 2]
+    assert options.parse_classes("3", 10) == [3]
+    assert options.parse_classes("0, 7,sandal , Ankle boot", 10) == [0, 7, "sandal", "Ankle boot"]
+    assert options.parse_classes("2-4,9", 10) == [2, 3, 4, 9]
+    assert options.parse_classes("none, 1, NONE", 10) == ["none", 1, "none"]
     with pytest.raises(ValueError, match="no class given"):
-        options.parse_classes(" , ")
+        options.parse_classes(" , ", 10)
     with pytest.raises(ValueError, match="runs backwards"):
-        options.parse_classes("5-2")
+        options.parse_classes("5-2", 10)
+    with pytest.raises(ValueError, match="past the last class 9"):
+        options.parse_classes("0-99999999", 10)  # refused before it is expanded
 
 
 def test_prompts_and_batches(options):
@@ -162,6 +166,6 @@ def test_family_options_keep_only_the_family_inputs(options):
 
     inputs = dict(cfg=-1, sm_temp=0.5, r_temp=-1, temperature=0.7, schedule="cosine", width=512, height=256)
     maskgit = SimpleNamespace(family="maskgit", info={})
-    assert options.family_options(maskgit, **inputs) == {"cfg": 2.8, "sm_temp": 0.5, "r_temp": 7.0, "schedule": "cosine"}
+    assert options.family_options(maskgit, **inputs) == {"sm_temp": 0.5, "schedule": "cosine"}
     dimoo = SimpleNamespace(family="dimoo", info={})
-    assert options.family_options(dimoo, **inputs) == {"cfg": 4.0, "temperature": 0.7, "height": 256, "width": 512}
+    assert options.family_options(dimoo, **inputs) == {"temperature": 0.7, "height": 256, "width": 512}

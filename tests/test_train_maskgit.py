@@ -6,7 +6,7 @@ import torch
 
 from shortcut_core import MaskGIT, save_migm
 from tests.tiny import TINY_MASKGIT, tiny_migm
-from training.train_maskgit import grow_from, init_weights
+from training.fmnist.train_maskgit import grow_from, init_weights
 
 
 @pytest.fixture(scope="module")

@@ -329,3 +329,105 @@ def test_lr_step_decay_and_masked_mse():
     assert [train_mod.lr_at(s, 1e-4, 0.1, [1000]) for s in (0, 999, 1000)] == [1e-4, 1e-4, 1e-4 * 0.1]
     pred, target = torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [5.0, 5.0]]])
     assert train_mod.masked_mse(pred, target, torch.tensor([[True, False, True]])).item() == 13.0
+
+
+def test_unconditional_recording_has_one_branch_and_the_null_class(base, tmp_path):
+    migm, path = base
+    out = tmp_path / "u"
+    assert record_main(["--migm", str(path), "--out", str(out), "--classes", "none", "--count", "4", "--steps",
+                        str(STEPS), "--batch", "4", "--shard-size", "4", "--cfg", "3", "--no-progress"]) == 0
+    m = read_manifest(out)
+    assert m["branches"] == ["cond"] and m["sampler"]["cfg"] == 0.0  # guidance has nothing to compare against
+    sh = load_shard(out / "shard-000000.safetensors")
+    assert sh["cond.condition"].tolist() == [migm.config.null_class] * 4
+    again = generate(migm, "none", batch=4, steps=STEPS, seed=derive_seed(0, 0), decode=False)
+    assert torch.equal(again.tokens.reshape(4, -1), sh["final_ids"].long())
+
+
+def test_training_mixes_several_recordings(base, dataset, tmp_path):
+    migm, path = base
+    uncond = tmp_path / "uncond"
+    record_trajectories(migm, uncond, count=8, classes="none", **{**REC, "batch_size": 8, "shard_size": 8})
+    rec = Recording([dataset, uncond])
+    assert rec.branches == ["cond", "uncond"] and rec.num_trajectories == 48 + 8
+    assert rec.shard_branches(len(rec.shards) - 1) == ["cond"] and rec.data_id() != Recording(dataset).data_id()
+    train_rows, val_rows = rec.split(0.1, 64)
+    assert any(rec.shards[k]["part"] == 1 for k in {**train_rows, **val_rows})
+    stream = PairStream(rec, train_rows, batch=8, window=10, seed=0, rank=0, device=torch.device("cpu"),
+                        skip_bad=False)
+    seen = {(b.branch, any("uncond" in s for s in b.shards)) for b in (stream.next() for _ in range(60))}
+    assert ("cond", True) in seen and ("uncond", True) not in seen  # the uncond folder has no uncond branch
+    out = tmp_path / "mixed.safetensors"
+    assert train_main(["--data", str(dataset), str(uncond), "--migm", str(path), "--out", str(out), "--iters", "6",
+                       *TRAIN_FAST]) == 0
+    info = read_safetensors_metadata(out)["info"]
+    assert info["data"]["path"] == [str(dataset), str(uncond)] and info["data"]["trajectories"] == 56
+    other = tmp_path / "other_steps"
+    record_trajectories(migm, other, count=4, **{**REC, "steps": STEPS - 1})
+    with pytest.raises(ManifestError, match="steps"):
+        Recording([dataset, other])
+
+
+def test_rollout_batches_chain_the_recorded_pairs(dataset):
+    rec = Recording(dataset)
+    train_rows, _ = rec.split(0.1, 64)
+    stream = PairStream(rec, train_rows, batch=4, window=2, seed=0, rank=0, device=torch.device("cpu"),
+                        skip_bad=False, span=3)
+    for _ in range(20):
+        b = stream.next()
+        assert b.span == min(3, STEPS - 1 - b.step)
+        masks = [b.loss_mask, *(m for _, _, m in b.later)]
+        # Each later pair's positions are a subset of the one before: masked only ever shrinks.
+        assert all(bool((later <= earlier).all()) for earlier, later in zip(masks, masks[1:]))
+        ratios = [b.inputs["mask_ratio"], *(i["mask_ratio"] for _, i, _ in b.later)]
+        assert all(bool((r2 < r1).all()) for r1, r2 in zip(ratios, ratios[1:]))
+
+
+def test_rollout_loss_tracks_chained_steps_better(base, dataset, tmp_path):
+    """Trained on its own predictions, the shortcut's error after 3 chained steps is lower
+    than the single-step-trained one's, at the same iterations and data."""
+    _, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--iters", "150", "--lr-decay-at", "", "--val-every",
+              "150", "--val-chain", "3", "--seed", "1", *TRAIN_FAST, "--ema", "0.9", "--lr", "3e-3"]
+    chained = {}
+    for k in (1, 3):
+        out = tmp_path / f"r{k}.safetensors"
+        assert train_main([*common, "--out", str(out), "--rollout", str(k)]) == 0
+        val = read_safetensors_metadata(out)["info"]["metrics"]["val"]
+        chained[k] = val["chain"]["3"]["mse_ratio"]
+        assert set(val["chain"]) == {"2", "3"} and val["chain"]["3"]["per_step"][0]["s"] == 2
+    assert chained[3] < chained[1], chained
+
+
+def test_train_refuses_bad_recipe_options(base, dataset, tmp_path, capsys):
+    _, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--out", str(tmp_path / "x.safetensors")]
+    for flag, value in (("--rollout", "0"), ("--input-noise", "nan"), ("--cos-weight", "-1"), ("--val-chain", "0")):
+        assert train_main([*common, flag, value]) == 2
+        assert flag in capsys.readouterr().err
+
+
+def test_calibrate_writes_placements_into_the_file(base, dataset, tmp_path, capsys):
+    from shortcut_core.placement import calibrated_indices
+    from training.calibrate import main as calibrate_main
+
+    migm, path = base
+    sc = tmp_path / "sc.safetensors"
+    assert train_main(["--data", str(dataset), "--migm", str(path), "--out", str(sc), "--iters", "120",
+                       "--lr-decay-at", "", *TRAIN_FAST, "--ema", "0.9", "--lr", "3e-3", "--val-fraction", "0.25"]) == 0
+    out = tmp_path / "sc_calibrated.safetensors"
+    assert calibrate_main(["--data", str(dataset), "--migm", str(path), "--shortcut", str(sc), "--steps", str(STEPS),
+                           "8", "--budgets", "2", "3", "--out", str(out), "--report", str(tmp_path / "cal.json")]) == 0
+    printed = capsys.readouterr().out
+    assert f"N={STEPS} B=2: calibrated" in printed and "carried over from N=6" in printed  # N=8 via the mask ratio
+    before, after = load_file(str(sc)), load_file(str(out))
+    assert same_tensors(before, after)  # weights unchanged
+    shortcut = load_shortcut(out, migm)
+    report = json.loads((tmp_path / "cal.json").read_text())
+    for row in report["summary"]:
+        assert calibrated_indices(shortcut, row["steps"], row["budget"]) == row["calibrated"]
+        assert row["cost_calibrated"] <= row["cost_paper"] + 1e-12
+    assert report["held_out"]["val_fraction"] == 0.25  # the split the training held out
+
+    assert calibrate_main(["--data", str(dataset), "--migm", str(path), "--shortcut", str(sc), "--steps", "6",
+                           "--budgets", "9"]) == 2

@@ -31,8 +31,12 @@ class MaskGITRecipe:
         """Class indices or names (None: every class) -> the manifest's ``conditions`` entry."""
         if prompts is not None:
             raise ValueError(f"{migm.name!r} is a class-conditional MaskGIT: pass classes, not prompts")
-        wanted = list(range(migm.config.num_classes)) if classes is None else list(classes)
-        return {"kind": "classes", "classes": [int(c) for c in migm.resolve_classes(wanted).tolist()], "order": "cycle"}
+        wanted = "all" if classes is None else classes
+        resolved = [int(c) for c in migm.resolve_classes(wanted).tolist()]
+        spec = {"kind": "classes", "classes": resolved, "order": "cycle"}
+        if all(c == migm.config.null_class for c in resolved):
+            spec["unconditional"] = True
+        return spec
 
     def condition_of(self, conditions: dict, i: int) -> int:
         """Trajectory i's class: the class list cycled by i."""

@@ -54,10 +54,10 @@ from .trajectories import (
     write_shard,
 )
 
-DEFAULTS = {"steps": 15, "cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0, "schedule": "arccos", "randomize": "linear",
-            "seed": 0, "batch_size": 8, "feature_dtype": "float16"}
+# Sampler settings (cfg, temperatures, schedule) not given come from the model (``migm.sampling_defaults``).
+DEFAULTS = {"steps": 15, "seed": 0, "batch_size": 8, "feature_dtype": "float16"}
 # Lumina-DiMOO: its sampler's defaults (T=64, cfg 4, temperature 1, 1024 px); batch 1 = one seed per trajectory.
-DIMOO_DEFAULTS = {"steps": 64, "cfg": 4.0, "temperature": 1.0, "height": 1024, "width": 1024, "seed": 0,
+DIMOO_DEFAULTS = {"steps": 64, "height": 1024, "width": 1024, "seed": 0,
                   "batch_size": 1, "feature_dtype": "float16"}
 FAMILY_DEFAULTS = {"maskgit": DEFAULTS, "dimoo": DIMOO_DEFAULTS}
 SHARD_TARGET_BYTES = 256e6  # auto shard size aims at about this much per shard
@@ -215,7 +215,10 @@ def record_trajectories(
     defaults = FAMILY_DEFAULTS.get(migm.family, DEFAULTS)
 
     def pick(value, key):
-        return defaults.get(key) if value is None else value
+        """Given value, else the model's recommended sampling setting, else the family's default."""
+        if value is not None:
+            return value
+        return migm.sampling_defaults.get(key, defaults.get(key))
 
     steps, batch_size = pick(steps, "steps"), pick(batch_size, "batch_size")
     if count < 1:
@@ -228,6 +231,8 @@ def record_trajectories(
         cfg=pick(cfg, "cfg"), sm_temp=pick(sm_temp, "sm_temp"), r_temp=pick(r_temp, "r_temp"),
         schedule=pick(schedule, "schedule"), randomize=pick(randomize, "randomize"),
         temperature=pick(temperature, "temperature"), height=pick(height, "height"), width=pick(width, "width"))
+    if conditions_spec.get("unconditional"):
+        sampler["cfg"] = 0.0  # only the null class: guidance has nothing to compare against
     cfg, schedule = sampler["cfg"], sampler.get("schedule")
     branches = recipe.branches(sampler)
     shapes = recipe.feature_shapes(migm, branches, sampler=sampler, conditions=conditions_spec)
@@ -393,25 +398,6 @@ def record_trajectories(
 # -- command line -------------------------------------------------------------------
 
 
-def parse_classes(spec: str | None):
-    """'all' / None -> None; '0-9' -> range; '0,3,7' -> ints; other words stay names."""
-    if spec is None or spec.strip().lower() == "all":
-        return None
-    out: list = []
-    for part in spec.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        if sep and lo.strip().isdigit() and hi.strip().isdigit():
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(part) if part.isdigit() else part)
-    if not out:
-        raise ValueError(f"--classes {spec!r} names no class")
-    return out
-
-
 def read_prompts(path) -> list[str]:
     """One prompt per line (UTF-8); blank lines are skipped."""
     try:
@@ -434,23 +420,24 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or a Lumina-DiMOO checkpoint folder")
     p.add_argument("--out", required=True, help="dataset folder (created; holds manifest.json and shard-*.safetensors)")
     p.add_argument("--count", type=int, help="trajectories to record in all (required for a new folder)")
-    p.add_argument("--classes", help="classes to cycle through: 'all' (default), '0-9', '0,3,7' or class names")
+    p.add_argument("--classes", help="classes to cycle through: 'all' (default), '0-9', '0,3,7', class names, "
+                                         "or 'none' for unconditional sampling (one branch, no guidance)")
     p.add_argument("--prompts", metavar="FILE", help="Lumina-DiMOO: a text file with one prompt per line; trajectory i "
                                                      "gets line i, cycling")
     p.add_argument("--steps", type=int, help=f"N_train sampling steps (default {DEFAULTS['steps']}, the paper's "
                                              f"MaskGIT setting; Lumina-DiMOO: {DIMOO_DEFAULTS['steps']})")
-    p.add_argument("--cfg", type=float, help=f"guidance scale w (default {DEFAULTS['cfg']}; Lumina-DiMOO: "
-                                             f"{DIMOO_DEFAULTS['cfg']}); 0 records only the conditional branch")
-    p.add_argument("--temperature", type=float, help=f"Lumina-DiMOO sampling temperature (default "
-                                                     f"{DIMOO_DEFAULTS['temperature']})")
+    p.add_argument("--cfg", type=float, help="guidance scale w (default: the model's recommended value; MaskGIT-512 "
+                                             "2.8, Lumina-DiMOO 4.0); 0 records only the conditional branch, and "
+                                             "--classes none ignores it")
+    p.add_argument("--temperature", type=float, help="Lumina-DiMOO sampling temperature (default: the model's, 1.0)")
     p.add_argument("--height", type=int, help=f"Lumina-DiMOO image height in pixels, a multiple of 16 (default "
                                               f"{DIMOO_DEFAULTS['height']})")
     p.add_argument("--width", type=int, help=f"Lumina-DiMOO image width in pixels, a multiple of 16 (default "
                                              f"{DIMOO_DEFAULTS['width']})")
-    p.add_argument("--sm-temp", type=float, help=f"softmax temperature (default {DEFAULTS['sm_temp']})")
-    p.add_argument("--r-temp", type=float, help=f"Gumbel randomization temperature (default {DEFAULTS['r_temp']})")
-    p.add_argument("--schedule", choices=REVEAL_MODES, help=f"reveal schedule (default {DEFAULTS['schedule']})")
-    p.add_argument("--randomize", choices=("linear", "none"), help=f"confidence randomization (default {DEFAULTS['randomize']})")
+    p.add_argument("--sm-temp", type=float, help="softmax temperature (default: the model's; MaskGIT-512 1.0)")
+    p.add_argument("--r-temp", type=float, help="Gumbel randomization temperature (default: the model's; MaskGIT-512 7.0)")
+    p.add_argument("--schedule", choices=REVEAL_MODES, help="reveal schedule (default: the model's; arccos)")
+    p.add_argument("--randomize", choices=("linear", "none"), help="confidence randomization (default: the model's; linear)")
     p.add_argument("--seed", type=int, help=f"run seed; trajectory i depends only on it and i (default {DEFAULTS['seed']})")
     p.add_argument("--batch", type=int, help=f"trajectories sampled together (default {DEFAULTS['batch_size']}; "
                                              f"Lumina-DiMOO: {DIMOO_DEFAULTS['batch_size']})")
@@ -499,7 +486,7 @@ def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> di
     common = {
         "count": count,
         "steps": pick(args.steps, "steps", old.get("steps")),
-        "cfg": pick(args.cfg, "cfg", old_sampler.get("cfg")),
+        "cfg": args.cfg if args.cfg is not None else old_sampler.get("cfg"),
         "seed": pick(args.seed, "seed", old.get("seed")),
         "batch_size": pick(args.batch, "batch_size", old.get("batch_size")),
         "shard_size": args.shard_size if args.shard_size is not None else old.get("shard_size"),
@@ -513,10 +500,10 @@ def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> di
         common["prompts"] = prompts
     else:
         sampler_keys = ("sm_temp", "r_temp", "schedule", "randomize")
-        common["classes"] = (parse_classes(args.classes) if args.classes is not None
-                             else old.get("conditions", {}).get("classes"))
-    for key in sampler_keys:
-        common[key] = pick(getattr(args, key), key, old_sampler.get(key))
+        common["classes"] = args.classes if args.classes is not None else old.get("conditions", {}).get("classes")
+    for key in sampler_keys:  # None: the model's recommended value (record_trajectories resolves it)
+        value = getattr(args, key)
+        common[key] = value if value is not None else old_sampler.get(key, defaults.get(key))
     return common
 
 

@@ -161,9 +161,14 @@ class RunLog:
 
 @torch.no_grad()
 def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: int, device, autocast,
-             skip_bad: bool, log) -> torch.Tensor:
-    """Per-step sums (N-1, 6): cos pred, cos copy, positions, sq err pred, sq err copy, elements."""
-    sums = torch.zeros(recording.steps - 1, 6, dtype=torch.float64)
+             skip_bad: bool, log, chain: int = 1) -> torch.Tensor:
+    """Sums (chain, N-1, 6) of cos pred, cos copy, positions, sq err pred, sq err copy, elements.
+
+    Entry [j-1, t] is the pair t -> t+1 predicted after j chained shortcut steps from the
+    recorded (full-step) feature at t+1-j, as sampling chains them; the copy columns are the
+    single-step copy-previous baseline of the same pair (feature t for t+1).
+    """
+    sums = torch.zeros(chain, recording.steps - 1, 6, dtype=torch.float64)
     was_training = model.training
     model.eval()
     for k in sorted(rows):
@@ -174,27 +179,35 @@ def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: 
                 raise
             recording.mark_bad(exc, log)
             continue
-        for branch in recording.branches:
+        for branch in recording.shard_branches(k):
             for s in range(recording.steps - 1):
                 for b0 in range(0, len(rows[k]), batch):
-                    pb = gather_pairs(recording, cache, [(k, j) for j in rows[k][b0:b0 + batch]], branch, s, device)
-                    with autocast():
-                        pred = model(pb.prev, **pb.inputs)
-                    pred = pred.float()
-                    m = pb.loss_mask
-                    cos_p = F.cosine_similarity(pred, pb.target, dim=-1)[m]
-                    cos_c = F.cosine_similarity(pb.prev, pb.target, dim=-1)[m]
-                    se_p = ((pred - pb.target) ** 2)[m]
-                    se_c = ((pb.prev - pb.target) ** 2)[m]
-                    sums[s] += torch.tensor([cos_p.sum().item(), cos_c.sum().item(), float(m.sum()),
-                                             se_p.sum().item(), se_c.sum().item(), float(se_p.numel())],
-                                            dtype=torch.float64)
+                    pb = gather_pairs(recording, cache, [(k, j) for j in rows[k][b0:b0 + batch]], branch, s, device,
+                                      span=chain)
+                    pred, prev = pb.prev, pb.prev
+                    chained = [(pb.target, pb.inputs, pb.loss_mask), *pb.later]
+                    for depth, (target, inputs, m) in enumerate(chained):
+                        with autocast():
+                            pred = model(pred, **inputs)
+                        pred = pred.float()
+                        cos_p = F.cosine_similarity(pred, target, dim=-1)[m]
+                        cos_c = F.cosine_similarity(prev, target, dim=-1)[m]
+                        se_p = ((pred - target) ** 2)[m]
+                        se_c = ((prev - target) ** 2)[m]
+                        sums[depth, s + depth] += torch.tensor(
+                            [cos_p.sum().item(), cos_c.sum().item(), float(m.sum()), se_p.sum().item(),
+                             se_c.sum().item(), float(se_p.numel())], dtype=torch.float64)
+                        prev = target
     model.train(was_training)
     return sums
 
 
 def summarize(sums: torch.Tensor) -> dict:
-    """Pooled and per-step validation metrics from the summed table of :func:`evaluate`."""
+    """Pooled and per-step validation metrics from the summed table of :func:`evaluate`.
+
+    The top level is single-step prediction (as before); ``chain`` holds, for every depth
+    k >= 2, the error after k chained shortcut steps against single-step copy-previous.
+    """
     def row(t):
         pos, el = max(t[2].item(), 1.0), max(t[5].item(), 1.0)
         d = {"cos": t[0].item() / pos, "copy_cos": t[1].item() / pos, "mse": t[3].item() / el,
@@ -202,17 +215,51 @@ def summarize(sums: torch.Tensor) -> dict:
         d["mse_ratio"] = d["mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
         return d
 
-    out = row(sums.sum(0))
-    out["per_step"] = [{"s": s, **row(sums[s])} for s in range(sums.shape[0]) if sums[s, 2] > 0]
+    def table(depth_sums):
+        out = row(depth_sums.sum(0))
+        out["per_step"] = [{"s": s, **row(depth_sums[s])} for s in range(depth_sums.shape[0]) if depth_sums[s, 2] > 0]
+        return out
+
+    if sums.dim() == 2:
+        sums = sums[None]
+    out = table(sums[0])
+    if sums.shape[0] > 1:
+        out["chain"] = {str(j + 1): table(sums[j]) for j in range(1, sums.shape[0])}
     return out
 
 
 def format_val(v: dict) -> str:
-    lines = [f"  {'s':>3} {'cos':>8} {'copy cos':>9} {'mse':>11} {'copy mse':>11} {'ratio':>7}"]
+    chains = sorted((v.get("chain") or {}).items(), key=lambda kv: int(kv[0]))
+    head = "".join(f" {'chain' + k:>8}" for k, _ in chains)
+    lines = [f"  {'s':>3} {'cos':>8} {'copy cos':>9} {'mse':>11} {'copy mse':>11} {'ratio':>7}{head}"]
+    by_step = [{r["s"]: r["mse_ratio"] for r in c["per_step"]} for _, c in chains]
     for r in v["per_step"]:
+        extra = "".join(f" {m[r['s']]:>8.3f}" if r["s"] in m else f" {'':>8}" for m in by_step)
         lines.append(f"  {r['s']:>3} {r['cos']:>8.4f} {r['copy_cos']:>9.4f} {r['mse']:>11.4g} {r['copy_mse']:>11.4g} "
-                     f"{r['mse_ratio']:>7.3f}")
+                     f"{r['mse_ratio']:>7.3f}{extra}")
+    for k, c in chains:
+        lines.append(f"  after {k} chained steps: mse ratio {c['mse_ratio']:.3f} (vs single-step copy-previous), "
+                     f"cos {c['cos']:.4f}")
     return "\n".join(lines)
+
+
+def step_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cos_weight: float) -> torch.Tensor:
+    """Masked MSE, plus ``cos_weight`` x (1 - cosine similarity) over the same positions."""
+    loss = masked_mse(pred, target, mask)
+    if cos_weight:
+        cos = F.cosine_similarity(pred, target, dim=-1)  # (B, T)
+        m = mask.to(cos.dtype)
+        loss = loss + cos_weight * ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+    return loss
+
+
+def noisy(feats: torch.Tensor, scale: float) -> torch.Tensor:
+    """``feats`` plus Gaussian noise of ``scale`` x each position's feature RMS: the shortcut sees
+    inputs as imperfect as its own earlier predictions."""
+    if not scale:
+        return feats
+    rms = feats.pow(2).mean(-1, keepdim=True).sqrt()
+    return feats + scale * rms * torch.randn_like(feats)
 
 
 # -- checkpoints -------------------------------------------------------------------
@@ -339,20 +386,22 @@ def train(args: argparse.Namespace, *, argv: Sequence[str] = (), should_stop: Ca
 def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, log: RunLog, argv, should_stop):
     t_setup = time.perf_counter()
     recording = Recording(args.data, verify=not args.no_verify_shards)
+    data_names = ", ".join(map(str, recording.roots))
     migm = load_migm(args.migm, device=d.device)
     if migm.family != recording.manifest["family"]:
-        raise TrainingError(f"{args.data} holds {recording.manifest['family']} trajectories but --migm {args.migm} "
+        raise TrainingError(f"{data_names} holds {recording.manifest['family']} trajectories but --migm {args.migm} "
                             f"is a {migm.family} model")
     if migm.fingerprint != recording.fingerprint:
-        msg = (f"{args.data} was recorded from base model fingerprint {recording.fingerprint} "
+        msg = (f"{data_names} was recorded from base model fingerprint {recording.fingerprint} "
                f"({recording.manifest.get('base', {}).get('name')}), but --migm {args.migm} has {migm.fingerprint}")
         if not args.allow_fingerprint_mismatch:
             raise CheckpointError(msg + "; train against the model that recorded the data, or pass "
                                         "--allow-fingerprint-mismatch if you know they are the same weights")
         log(f"warning: {msg}; continuing because of --allow-fingerprint-mismatch")
-    if not recording.manifest.get("complete", False):
-        log(f"note: the recording in {args.data} is incomplete ({recording.num_trajectories} of "
-            f"{recording.manifest.get('num_trajectories')} trajectories); training on the finished shards")
+    for root, manifest in zip(recording.roots, recording.manifests):
+        if not manifest.get("complete", False):
+            log(f"note: the recording in {root} is incomplete ({sum(e['count'] for e in manifest['shards'])} of "
+                f"{manifest.get('num_trajectories')} trajectories); training on the finished shards")
     dim = recording.feature_shapes[recording.branches[0]][1]
     recording.check(skip_bad=args.skip_bad_shards, log=log)
     config = shortcut_config_from_args(args, dim, recording.recipe, getattr(migm, "config", None))
@@ -372,7 +421,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     mine = set(share(shard_ids, d.rank, d.world_size))
     stream = PairStream(recording, {k: v for k, v in train_rows.items() if k in mine}, batch=args.batch,
                         window=args.window, seed=args.seed, rank=d.rank, device=d.device,
-                        skip_bad=args.skip_bad_shards, log=log)
+                        skip_bad=args.skip_bad_shards, log=log, span=args.rollout)
     my_val = {k: v for k, v in val_rows.items() if k in mine}
     milestones = [int(m) for m in str(args.lr_decay_at).split(",") if m.strip()]
     use_amp = d.device.type == "cuda" and args.autocast in ("auto", "bf16")
@@ -384,10 +433,11 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
              "window": args.window, "seed": args.seed, "val_fraction": args.val_fraction, "val_max": args.val_max,
              "shortcut_config": config.to_dict(), "init": args.init}
     settings = {k: getattr(args, k) for k in ("iters", "lr", "weight_decay", "lr_decay", "lr_decay_at", "ema",
-                                              "grad_clip", "autocast", "val_every", "ckpt_every", "log_every")}
+                                              "grad_clip", "autocast", "val_every", "ckpt_every", "log_every",
+                                              "rollout", "input_noise", "cos_weight", "val_chain")}
     n_train = sum(len(v) for v in train_rows.values())
     n_val = sum(len(v) for v in val_rows.values())
-    shard_names = [e["file"] for e in recording.shards]
+    shard_names = [recording.shard_name(k) for k in range(len(recording.shards))]
     assignment = d.gather(sorted(shard_names[k] for k in mine))
 
     start = 0
@@ -413,7 +463,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
 
     if start == 0:
         log(f"training a {migm.family} shortcut ({n_params / 1e6:.3f} M parameters: width {config.width}, "
-            f"{config.n_block} block(s), {config.heads} heads) on {args.data}: {recording.num_trajectories} "
+            f"{config.n_block} block(s), {config.heads} heads) on {data_names}: {recording.num_trajectories} "
             f"trajectories ({n_train} train, {n_val} held out), {len(recording.branches)} branch(es), "
             f"N={recording.steps}; {d.world_size} process(es) on {d.device}, batch {args.batch} x accum {args.accum}"
             f" x {d.world_size}")
@@ -454,16 +504,17 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
         if not val_rows:
             return None
         err = None
-        sums = torch.zeros(recording.steps - 1, 6, dtype=torch.float64)
+        sums = torch.zeros(args.val_chain, recording.steps - 1, 6, dtype=torch.float64)
         try:
             sums = evaluate(ema, recording, my_val, batch=args.val_batch or args.batch, device=d.device,
-                            autocast=autocast, skip_bad=args.skip_bad_shards, log=log)
+                            autocast=autocast, skip_bad=args.skip_bad_shards, log=log, chain=args.val_chain)
         except ShardError as exc:
             err = exc
         if d.any(err is not None):
             raise stop_for_damage(err, step) from err
         v = summarize(d.all_reduce_sum(sums))
-        log(f"validation at iteration {step} (EMA weights, {v['positions']} masked positions): cos {v['cos']:.4f} "
+        log(f"validation at iteration {step} (EMA weights, {v['positions']} masked positions, single step): "
+            f"cos {v['cos']:.4f} "
             f"(copy {v['copy_cos']:.4f}), mse {v['mse']:.4g} (copy {v['copy_mse']:.4g}), ratio {v['mse_ratio']:.3f}\n"
             + format_val(v))
         log.metrics({"event": "val", "step": step, **v})
@@ -497,8 +548,15 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             sync = nullcontext() if (i == len(batches) - 1 or not d.active) else net.no_sync()
             with sync:
                 with autocast():
-                    pred = net(b.prev, **b.inputs)
-                loss = masked_mse(pred.float(), b.target, b.loss_mask)
+                    pred = net(noisy(b.prev, args.input_noise), **b.inputs)
+                loss = step_loss(pred.float(), b.target, b.loss_mask, args.cos_weight)
+                # Rollout: the shortcut consumes its own prediction, as at inference. Later steps call
+                # the bare module: DDP reduces each parameter's gradient once, after all its uses.
+                for target, inputs, mask in b.later:
+                    with autocast():
+                        pred = model(pred, **inputs)
+                    loss = loss + step_loss(pred.float(), target, mask, args.cos_weight)
+                loss = loss / b.span
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
         loss_value = loss_sum / len(batches)
@@ -545,11 +603,13 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
         info = {
             "architecture": {**config.to_dict(), "parameters": n_params},
             "training": {**settings, **{k: v for k, v in exact.items() if k != "shortcut_config"},
-                         "pairs_per_iteration": pairs_per_iter, "device": str(d.device), "loss": "masked MSE"},
-            "data": {"path": str(args.data), "base_fingerprint": recording.fingerprint,
+                         "pairs_per_iteration": pairs_per_iter, "device": str(d.device),
+                         "loss": "masked MSE" + (f" + {args.cos_weight} x (1 - cos)" if args.cos_weight else "")
+                         + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")},
+            "data": {"path": [str(r) for r in recording.roots], "base_fingerprint": recording.fingerprint,
                      "trajectories": recording.num_trajectories, "train_trajectories": n_train,
                      "val_trajectories": n_val, "steps": recording.steps, "branches": recording.branches,
-                     "sampler": recording.manifest.get("sampler"), "bad_shards": dict(recording.bad)},
+                     "sampler": [m.get("sampler") for m in recording.manifests], "bad_shards": dict(recording.bad)},
             "metrics": {"val": last_val, "pairs_per_second": rate},
             "command": command,
         }
@@ -570,7 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m training.train",
                                 description="Train a MIGM shortcut on recorded trajectories (training/record.py).")
     g = p.add_argument_group("data and files")
-    g.add_argument("--data", required=True, help="trajectory folder written by training.record")
+    g.add_argument("--data", required=True, nargs="+", action="extend",
+                   help="trajectory folder(s) written by training.record; several (one base model, one step count) "
+                        "mix regimes, e.g. a class-conditional and an unconditional recording")
     g.add_argument("--migm", required=True, help="the base model that recorded the data (embeddings, fingerprint)")
     g.add_argument("--out", required=True, help="output shortcut .safetensors (EMA weights)")
     g.add_argument("--run-dir", help="logs and checkpoints (default: OUT with .run instead of its suffix)")
@@ -596,6 +658,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--autocast", choices=("auto", "bf16", "off"), default="auto",
                    help="bf16 autocast on GPUs (auto = bf16 on CUDA, off on CPU)")
     g.add_argument("--seed", type=int, default=0, help="initialisation and data-order seed (default 0)")
+    g = p.add_argument_group("tracking the base model over several shortcut steps (beyond the paper)")
+    g.add_argument("--rollout", type=int, default=1,
+                   help="chain K shortcut steps from each recorded feature, each fed the previous prediction as at "
+                        "inference, and average their losses (default 1: the paper's single-step loss)")
+    g.add_argument("--input-noise", type=float, default=0.0,
+                   help="Gaussian noise on the input feature, as a fraction of its RMS per position (default 0)")
+    g.add_argument("--cos-weight", type=float, default=0.0,
+                   help="add this weight x (1 - cosine similarity) on the masked positions to the MSE (default 0)")
     g.add_argument("--window", type=int, default=4, help="shards held in memory and shuffled together (default 4)")
     g = p.add_argument_group("shortcut architecture (paper defaults: bottleneck ratio 2, 1 block, 16 heads; "
                              "DiMOO: ratio 2, 1 block, the base model's heads)")
@@ -614,6 +684,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-max", type=int, default=64, help="at most this many held-out trajectories (default 64)")
     g.add_argument("--val-every", type=int, default=500, help="validate every N iterations and at the end (default 500)")
     g.add_argument("--val-batch", type=int, help="validation batch (default --batch)")
+    g.add_argument("--val-chain", type=int, default=3,
+                   help="also report the error after 2..K chained shortcut steps from a recorded feature (default 3)")
     g.add_argument("--log-every", type=int, default=20, help="metrics.jsonl record every N iterations (default 20)")
     g.add_argument("--ckpt-every", type=int, default=500, help="checkpoint every N iterations and at the end (default 500)")
     g.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (default 2; 0 keeps all)")
@@ -625,13 +697,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for name in ("iters", "batch", "accum", "n_block", "heads", "mlp_ratio", "log_every"):
+    for name in ("iters", "batch", "accum", "n_block", "heads", "mlp_ratio", "log_every", "rollout", "val_chain"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
     if not 0 <= args.ema < 1:
         raise ValueError(f"--ema {args.ema} must be in [0, 1)")
     if not 0 <= args.val_fraction < 1:
         raise ValueError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
+    for name in ("input_noise", "cos_weight"):
+        if not getattr(args, name) >= 0:  # also refuses NaN
+            raise ValueError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(args, name)}")
     if args.bottleneck_ratio <= 0:
         raise ValueError("--bottleneck-ratio must be positive")
 

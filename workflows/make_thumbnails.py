@@ -23,7 +23,6 @@ from training.data import Recording  # noqa: E402
 from training.record import record_trajectories  # noqa: E402
 
 WORKFLOWS = ROOT / "workflows"
-FAMILY_SAMPLING = {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0}  # nodes/options.py, MaskGIT
 
 
 def api(name: str) -> dict:
@@ -34,21 +33,16 @@ def node_inputs(graph: dict, class_type: str) -> list[dict]:
     return [n["inputs"] for _, n in sorted(graph.items(), key=lambda kv: int(kv[0])) if n["class_type"] == class_type]
 
 
-def sampler_options(migm, inputs: dict) -> dict:
-    """cfg / sm_temp / r_temp as the node resolves them: -1 takes the model's recommended value."""
-    recommended = {**FAMILY_SAMPLING, **migm.info.get("sampling_defaults", {})}
-    return {k: recommended[k] if inputs[k] < 0 else inputs[k] for k in ("cfg", "sm_temp", "r_temp")}
-
-
-def classes_of(migm, text: str) -> list[int]:
-    return list(range(migm.config.num_classes)) if text == "all" else [int(c) for c in text.split(",")]
+def sampler_options(inputs: dict) -> dict:
+    """cfg / sm_temp / r_temp as the node passes them: -1 is left out, so the model applies its own value."""
+    return {k: inputs[k] for k in ("cfg", "sm_temp", "r_temp") if inputs[k] >= 0}
 
 
 def sample(migm, shortcut, inputs: dict) -> list[Image.Image]:
-    classes = [c for c in classes_of(migm, inputs["classes"]) for _ in range(inputs["batch_size"])]
+    classes = [c for c in migm.resolve_classes(inputs["classes"]).tolist() for _ in range(inputs["batch_size"])]
     result = generate(migm, classes, steps=inputs["steps"], full_steps=inputs["full_steps"] if shortcut else None,
                       shortcut=shortcut, seed=inputs["seed"], schedule=inputs["schedule"],
-                      **sampler_options(migm, inputs))
+                      **sampler_options(inputs))
     print(result.stats.report())
     return to_pil(result.images)
 
@@ -71,13 +65,13 @@ def grid(rows: list[list[Image.Image]], cell: int, gap: int = 4, pad: int = 8) -
 
 def recorded_finals(migm, inputs: dict, per_class: int) -> list[list[Image.Image]]:
     """Rows of final images of the trajectories the record workflow writes (one column per class)."""
-    classes = None if inputs["classes"] == "all" else classes_of(migm, inputs["classes"])
-    count = (migm.config.num_classes if classes is None else len(classes)) * inputs["count_per_class"]
+    classes = migm.resolve_classes(inputs["classes"]).tolist()
+    count = len(classes) * inputs["count_per_class"]
     with tempfile.TemporaryDirectory() as tmp:
         result = record_trajectories(
             migm, Path(tmp) / "traj", count=count, classes=classes, steps=inputs["steps"] or None,
             schedule=inputs["schedule"], batch_size=inputs["batch_size"] or None, seed=inputs["seed"],
-            show_progress=False, log=lambda message: None, **sampler_options(migm, inputs))
+            show_progress=False, log=lambda message: None, **sampler_options(inputs))
         print(result.report())
         recording = Recording(Path(tmp) / "traj")
         shards = [recording.load(k) for k in range(len(recording.shards))]

@@ -5,11 +5,11 @@ Loss: MSE + L1 reconstruction plus the VQ loss (codebook + 0.25 commitment). The
 codebook starts from encoder outputs (data init) and codes unused for a window of
 steps are restarted on random encoder outputs, so usage stays healthy.
 
-    python -m training.train_tokenizer                      # the shipped tokenizer (~11 min on a busy 2-core machine)
-    python -m training.train_tokenizer --steps 200 --out runs/fmnist/vq_try.safetensors
+    python -m training.fmnist.train_tokenizer                      # the shipped tokenizer (~11 min on a busy 2-core machine)
+    python -m training.fmnist.train_tokenizer --steps 200 --out runs/fmnist/vq_try.safetensors
 
 Writes ``--out`` (a ``kind=vqgan`` safetensors with config and info metadata) and logs to
-stdout and ``<out>.log``. Bundled into the MIGM file by ``training.train_maskgit``.
+stdout and ``<out>.log``. Bundled into the MIGM file by ``training.fmnist.train_maskgit``.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from shortcut_core.migm import save_vqgan
 from shortcut_core.vqgan import VQGAN, VQGANConfig
-from training.fmnist import load_fmnist, to_tensor
+from training.fmnist.dataset import load_fmnist, to_tensor
 
 DEFAULT_OUT = Path("runs/fmnist/vq.safetensors")
 
@@ -167,7 +167,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
-    command = "python -m training.train_tokenizer " + shlex.join(argv)
+    command = "python -m training.fmnist.train_tokenizer " + shlex.join(argv)
     return train(parse_args(argv), command.strip())
 
 

@@ -1,16 +1,16 @@
 """Train the embedded class-conditional MaskGIT on Fashion-MNIST tokens.
 
 The model is ``shortcut_core.maskgit.MaskGIT`` (the code path of the 512-px model) on the
-7x7 token grids of the tokenizer from ``training.train_tokenizer``. Objective as in
+7x7 token grids of the tokenizer from ``training.fmnist.train_tokenizer``. Objective as in
 MaskGIT: per image a mask ratio ``arccos(u) / (pi/2)``, ``u ~ U(0, 1)``; every token is
 masked with that probability; cross-entropy (label smoothing 0.1) on the masked positions
 only. The class is replaced by "no class" (``config.null_class``) with probability 0.1,
 which is what classifier-free guidance needs at sampling time.
 
-    python -m training.train_maskgit --steps 1800    # depth 8, then grow it to the shipped depth 16:
-    python -m training.train_maskgit --preset fmnist-h96-d16 --init-from models/migm/fmnist_maskgit.safetensors \
+    python -m training.fmnist.train_maskgit --steps 1800    # depth 8, then grow it to the shipped depth 16:
+    python -m training.fmnist.train_maskgit --preset fmnist-h96-d16 --init-from models/migm/fmnist_maskgit.safetensors \
         --steps 1000 --lr 5e-4
-    python -m training.train_maskgit --steps 20 --out runs/fmnist/try.safetensors
+    python -m training.fmnist.train_maskgit --steps 20 --out runs/fmnist/try.safetensors
 
 Writes one bundled MIGM file (base + tokenizer, ``shortcut_core.save_migm``) whose info
 metadata holds the data, steps, metrics, class names and the commands that made it.
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from shortcut_core import MaskGIT, MaskGITConfig, MaskGITMIGM, fingerprint, generate, load_migm, load_vqgan, save_migm
 from shortcut_core.checkpoints import read_safetensors_metadata
-from training.fmnist import CLASS_NAMES, load_fmnist, to_tensor
+from training.fmnist.dataset import CLASS_NAMES, load_fmnist, to_tensor
 from training.train import ema_update
-from training.train_tokenizer import Log
+from training.fmnist.train_tokenizer import Log
 
 DEFAULT_OUT = Path("models/migm/fmnist_maskgit.safetensors")
 DEFAULT_VQ = Path("runs/fmnist/vq.safetensors")
@@ -154,8 +154,8 @@ def masked_loss(model: MaskGIT, tokens: torch.Tensor, labels: torch.Tensor, seed
 def quick_eval(migm: MaskGITMIGM, per_class: int, steps: int, seed: int = 0) -> dict:
     """Class consistency (and FD-FMNIST) of a small sample, when the shipped classifier exists."""
     try:
-        from training.classifier import DEFAULT_CLASSIFIER, load_classifier
-        from training.fd import class_consistency, fd_fmnist, reference_stats
+        from training.fmnist.classifier import DEFAULT_CLASSIFIER, load_classifier
+        from training.fmnist.fd import class_consistency, fd_fmnist, reference_stats
     except ImportError as exc:  # the evaluation helpers are optional for training
         return {"skipped": str(exc)}
     if not DEFAULT_CLASSIFIER.is_file():
@@ -236,7 +236,7 @@ def train(args: argparse.Namespace, command: str) -> Path:
         "preset": args.preset, "init_from": args.init_from or None, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "label_drop": args.label_drop, "ema": args.ema, "seed": args.seed, "train_seconds": round(train_seconds),
         "metrics": metrics, "sampling_defaults": SAMPLING_DEFAULTS,
-        "commands": {"tokenizer": vq_info.get("command", "python -m training.train_tokenizer"), "maskgit": command},
+        "commands": {"tokenizer": vq_info.get("command", "python -m training.fmnist.train_tokenizer"), "maskgit": command},
     }
     if args.init_from:  # the whole recipe: how the model this one grew from was made
         grown = read_safetensors_metadata(args.init_from).get("info", {})
@@ -250,7 +250,7 @@ def train(args: argparse.Namespace, command: str) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(MASKGIT_FMNIST_PRESETS), default="fmnist-h96-d8")
-    p.add_argument("--vq", default=str(DEFAULT_VQ), help="tokenizer from training.train_tokenizer")
+    p.add_argument("--vq", default=str(DEFAULT_VQ), help="tokenizer from training.fmnist.train_tokenizer")
     p.add_argument("--init-from", default="", help="a trained MIGM of the same width to grow in depth from")
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--batch-size", type=int, default=256)
@@ -270,7 +270,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
-    return train(parse_args(argv), ("python -m training.train_maskgit " + shlex.join(argv)).strip())
+    return train(parse_args(argv), ("python -m training.fmnist.train_maskgit " + shlex.join(argv)).strip())
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """A small Fashion-MNIST CNN whose penultimate features drive the FD-FMNIST metric.
 
-Inputs are float (N, 1, 28, 28) in [-1, 1] (see ``training.fmnist.to_tensor``).
+Inputs are float (N, 1, 28, 28) in [-1, 1] (see ``training.fmnist.dataset.to_tensor``).
 ``features(x)`` returns the 128-d penultimate layer (before its ReLU and the head);
 ``forward(x)`` returns class logits.
 
 Train and ship the evaluation weights (a few CPU minutes)::
 
-    python -m training.classifier --out models/eval/fmnist_classifier.safetensors --epochs 6 --seed 0
+    python -m training.fmnist.classifier --out models/eval/fmnist_classifier.safetensors --epochs 6 --seed 0
 
 The file is safetensors only: its metadata holds the architecture (``config``, JSON) and how
 it was made (data, epochs, seed, test accuracy, the exact command), so ``load_classifier``
@@ -31,13 +31,16 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from training.fmnist import DEFAULT_ROOT, IMAGE_SIZE, NUM_CLASSES, load_fmnist, to_tensor
+from training.fmnist.dataset import DEFAULT_ROOT, IMAGE_SIZE, NUM_CLASSES, load_fmnist, to_tensor
 
 FILE_FORMAT = "fmnist_classifier/1"
-# The shipped evaluation weights (``load_classifier()`` with no argument reads them).
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "models" / "eval" / "fmnist_classifier.safetensors"
+# The shipped evaluation weights (``load_classifier()`` with no argument reads them): in the clone this
+# package runs from, else (installed with ``pip install .``) under the working directory, like the sweep's models.
+_SHIPPED = Path("models") / "eval" / "fmnist_classifier.safetensors"
+_IN_CLONE = Path(__file__).resolve().parents[2] / _SHIPPED
+DEFAULT_CLASSIFIER = _IN_CLONE if _IN_CLONE.is_file() else _SHIPPED
 
-log = logging.getLogger("training.classifier")
+log = logging.getLogger("training.fmnist.classifier")
 
 
 @dataclass(frozen=True)
@@ -126,13 +129,13 @@ def load_classifier(path: str | Path = DEFAULT_CLASSIFIER, device: str | torch.d
     if not path.is_file():
         raise FileNotFoundError(
             f"classifier weights not found: {path}; train them with "
-            f"`python -m training.classifier --out {path}`"
+            f"`python -m training.fmnist.classifier --out {path}`"
         )
     meta = read_classifier_metadata(path)
     if meta.get("format") != FILE_FORMAT or "config" not in meta:
         raise ValueError(
             f"{path} is not a Fashion-MNIST classifier file (format {meta.get('format')!r}, "
-            f"expected {FILE_FORMAT!r}); use one written by `python -m training.classifier`"
+            f"expected {FILE_FORMAT!r}); use one written by `python -m training.fmnist.classifier`"
         )
     model = FmnistClassifier(ClassifierConfig.from_json(meta["config"]))
     model.load_state_dict(load_file(str(path)), strict=True)
@@ -248,7 +251,7 @@ def train(args: argparse.Namespace, command: str) -> Path:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m training.classifier",
+        prog="python -m training.fmnist.classifier",
         description="Train the Fashion-MNIST classifier whose features define FD-FMNIST.",
     )
     p.add_argument("--out", type=Path, default=DEFAULT_CLASSIFIER, help="output .safetensors (default: the shipped file)")
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> Path:
         format="%(asctime)s %(message)s",
         handlers=[logging.StreamHandler(sys.stdout), logging.FileHandler(args.log)],
     )
-    command = shlex.join(["python", "-m", "training.classifier", *argv])
+    command = shlex.join(["python", "-m", "training.fmnist.classifier", *argv])
     log.info("command: %s", command)
     return train(args, command)
 

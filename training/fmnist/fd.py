@@ -5,7 +5,7 @@ FD-FMNIST is **not** FID: it has the same formula,
     FD = |mu_1 - mu_2|^2 + tr(S_1) + tr(S_2) - 2 tr((S_1 S_2)^{1/2}),
 
 but the features are the 128-d penultimate layer (pre-activation) of this project's own
-Fashion-MNIST classifier (``training.classifier``), not Inception-v3 pool3. Its values are
+Fashion-MNIST classifier (``training.fmnist.classifier``), not Inception-v3 pool3. Its values are
 comparable only with other FD-FMNIST values computed with the same classifier file, the same
 reference split and the same number of images (the estimate is biased upwards at small N:
 train vs test gives about 0.8 with 10000 images and about 3 with 2000); never put them next to
@@ -18,13 +18,13 @@ Image conventions accepted by every function here (converted explicitly by
 - float ``(N, 28, 28, C)``, C = 1 or 3, in [0, 1] -- the ComfyUI ``IMAGE`` convention
   (the sampler's ``decode`` output); 3 channels are reduced to gray with BT.601 luma
   (0.299 R + 0.587 G + 0.114 B, as PIL's ``convert("L")``);
-- uint8 ``(N, 28, 28)`` in 0..255 -- raw pixels as ``training.fmnist.load_fmnist`` returns.
+- uint8 ``(N, 28, 28)`` in 0..255 -- raw pixels as ``training.fmnist.dataset.load_fmnist`` returns.
 
 Float values slightly outside the range (decoders overshoot) are clamped; values far outside
 it (e.g. 0..255 floats) raise an error. Images must already be 28x28.
 
-The matrix square root uses scipy when it is installed and a numpy eigen-decomposition
-otherwise; scipy is optional.
+The matrix square root is ``scipy.linalg.sqrtm``, as in the usual FID code; a numpy
+eigen-decomposition (``method="eigh"``) is there for singular covariances and as a check.
 """
 
 from __future__ import annotations
@@ -37,11 +37,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import linalg
 
-from training.classifier import predict
-from training.fmnist import DEFAULT_ROOT, IMAGE_SIZE, load_fmnist
+from training.fmnist.classifier import predict
+from training.fmnist.dataset import DEFAULT_ROOT, IMAGE_SIZE, load_fmnist
 
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / ".cache" / "fd_fmnist"  # git-ignored
+# Reference statistics: in the clone's git-ignored .cache/, else (installed with ``pip install .``) the user's cache.
+_CLONE = Path(__file__).resolve().parents[2]
+DEFAULT_CACHE_DIR = (
+    _CLONE / ".cache" / "fd_fmnist" if (_CLONE / "pyproject.toml").is_file()
+    else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migm-shortcut" / "fd_fmnist"
+)
 
 _LUMA = (0.299, 0.587, 0.114)
 _RANGE_SLACK = 0.5  # how far outside the documented range a float input may stray before it is an error
@@ -80,22 +86,15 @@ def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray, method: str = "au
     ``"eigh"``: S_1 S_2 has the eigenvalues of the symmetric PSD matrix A S_2 A with
     A = S_1^{1/2}, so the trace is the sum of their square roots (numpy only, stable for
     singular matrices). ``"scipy"``: ``scipy.linalg.sqrtm(S_1 S_2)`` as in the usual FID code.
-    ``"auto"``: scipy if importable, else eigh.
+    ``"auto"``: scipy.
     """
     if method == "auto":
-        try:
-            import scipy.linalg  # noqa: F401
-        except ImportError:
-            method = "eigh"
-        else:
-            method = "scipy"
+        method = "scipy"
     if method == "eigh":
         a = _psd_sqrt(sigma1)
         w = np.linalg.eigvalsh(a @ sigma2 @ a)
         return float(np.sqrt(np.clip(w, 0.0, None)).sum())
     if method == "scipy":
-        from scipy import linalg
-
         root = linalg.sqrtm(sigma1 @ sigma2)
         if not np.isfinite(root).all():
             # Near-singular product: shift both covariances slightly, as pytorch-fid does.

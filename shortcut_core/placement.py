@@ -1,0 +1,141 @@
+"""Full steps placed where the shortcut drifts most: calibrated from measured error.
+
+The paper places the B full steps evenly. A shortcut's error is not even over a run, and
+it compounds over consecutive shortcut steps, so ``training.calibrate`` measures an error
+table on recorded trajectories and this module chooses the placement that minimises it:
+
+``errors[s, k]`` (k >= 1) is the expected error of the feature at step ``s + k`` when step
+``s`` was the last full step, i.e. after k chained shortcut steps; a full step has none.
+The cost of a placement is the sum over its shortcut steps of their entry; dynamic
+programming over (full steps used, last full step) finds the minimum exactly.
+
+A shortcut file stores the chosen placements in its metadata (``info["placements"]``);
+``sample(..., placement="calibrated")`` uses them and falls back to the paper's placement,
+saying so in the report, for an (N, B) the file does not cover.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .schedules import full_step_indices
+
+PAPER, CALIBRATED = "paper", "calibrated"
+PLACEMENTS = (PAPER, CALIBRATED)
+
+
+def placement_cost(errors: np.ndarray, full: list[int]) -> float:
+    """Sum of ``errors[last full step, distance]`` over the shortcut steps of a placement."""
+    steps = errors.shape[0]
+    marks = set(full)
+    total, last = 0.0, 0
+    for t in range(steps):
+        if t in marks:
+            last = t
+        else:
+            total += float(errors[last, t - last])
+    return total
+
+
+def optimal_placement(errors: np.ndarray, budget: int) -> list[int]:
+    """The ``budget`` full steps (step 0 always one of them) of least total error.
+
+    ``errors``: (N, N) with ``errors[s, k]`` as in the module doc (entries with s + k >= N
+    are never read). Exact, O(B N^2).
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    steps = errors.shape[0]
+    if errors.shape != (steps, steps):
+        raise ValueError(f"the error table must be square (N, N), got {errors.shape}")
+    full_step_indices(steps, budget)  # same validation and message as the paper's placement
+    # seg[p, q]: shortcut steps p+1 .. q-1 after a full step at p (q = next full step, or N).
+    cum = np.zeros((steps, steps + 1))
+    for p in range(steps):
+        cum[p, 1:steps - p] = np.cumsum(errors[p, 1:steps - p])
+
+    def seg(p: int, q: int) -> float:
+        return cum[p, q - p - 1] if q - p - 1 > 0 else 0.0
+
+    inf = float("inf")
+    best = np.full((budget + 1, steps), inf)
+    back = np.zeros((budget + 1, steps), dtype=np.int64)
+    best[1, 0] = 0.0
+    for j in range(2, budget + 1):
+        for q in range(j - 1, steps):
+            costs = [best[j - 1, p] + seg(p, q) for p in range(q)]
+            p = int(np.argmin(costs))
+            best[j, q], back[j, q] = costs[p], p
+    ends = [best[budget, p] + seg(p, steps) for p in range(steps)]
+    last = int(np.argmin(ends))
+    out = [last]
+    for j in range(budget, 1, -1):
+        out.append(int(back[j, out[-1]]))
+    return sorted(out)
+
+
+def remap_errors(errors: np.ndarray, ratios: np.ndarray, target_ratios: np.ndarray) -> np.ndarray:
+    """An error table measured at N_train steps, carried over to another step count.
+
+    ``ratios`` (N_train,) and ``target_ratios`` (N,) are the fractions of image tokens still
+    masked *before* each step. Each target step is placed at its fractional training step
+    (the one with the same mask ratio), and ``errors`` is interpolated bilinearly over
+    (start, chain length) at those fractional positions; a chain longer than the recording
+    allows takes the longest measured one from that start.
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    n_train, n = len(ratios), len(target_ratios)
+    # Mask ratios decrease with the step; np.interp needs increasing x.
+    tau = np.interp(-np.asarray(target_ratios, dtype=np.float64), -np.asarray(ratios, dtype=np.float64),
+                    np.arange(n_train, dtype=np.float64))
+    filled = errors.copy()
+    for s in range(n_train):
+        filled[s, 0] = 0.0
+        valid = n_train - 1 - s  # longest chain measured from start s
+        if valid >= 1:
+            filled[s, valid + 1:] = filled[s, valid]
+        elif s:
+            filled[s, 1:] = filled[s - 1, 1]  # the last step starts no chain: take its neighbour's
+
+    def at(x: float, y: float) -> float:
+        x = min(max(x, 0.0), n_train - 1)
+        y = min(max(y, 0.0), n_train - 1)
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        x1, y1 = min(x0 + 1, n_train - 1), min(y0 + 1, n_train - 1)
+        fx, fy = x - x0, y - y0
+        top = filled[x0, y0] * (1 - fy) + filled[x0, y1] * fy
+        bottom = filled[x1, y0] * (1 - fy) + filled[x1, y1] * fy
+        return top * (1 - fx) + bottom * fx
+
+    out = np.zeros((n, n))
+    for s in range(n):
+        for k in range(1, n - s):
+            out[s, k] = at(tau[s], tau[s + k] - tau[s])
+    return out
+
+
+def masked_before(counts: list[int]) -> np.ndarray:
+    """Fractions of the image still masked before each step, from the reveal counts."""
+    total = float(sum(counts))
+    return 1.0 - np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / total
+
+
+def calibrated_indices(shortcut, steps: int, full_steps: int) -> list[int] | None:
+    """The placement a shortcut file stores for (N, B), or None."""
+    table = ((getattr(shortcut, "info", None) or {}).get("placements") or {}).get("table") or {}
+    found = (table.get(str(steps)) or {}).get(str(full_steps))
+    return [int(i) for i in found] if found else None
+
+
+def resolve_placement(steps: int, full_steps, placement: str, shortcut) -> tuple[list[int] | None, str]:
+    """(full-step indices or None for the sampler's own resolution, a note for the report)."""
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
+    if placement == PAPER or shortcut is None or full_steps is None:
+        return None, ""
+    if isinstance(full_steps, bool) or not isinstance(full_steps, int):
+        raise ValueError("placement='calibrated' chooses where B full steps go: pass full_steps as a count B, "
+                         "not an explicit list")
+    found = calibrated_indices(shortcut, steps, full_steps)
+    if found is None:
+        return None, (f"paper placement: the shortcut has no calibrated placement for N={steps}, B={full_steps} "
+                      f"(run training.calibrate with --steps {steps} --budgets {full_steps})")
+    return found, f"calibrated placement {','.join(map(str, found))}"

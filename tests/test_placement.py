@@ -1,0 +1,82 @@
+"""Calibrated full-step placement: the dynamic programme, the carry-over to other step
+counts, and the sampler's use of placements stored in a shortcut file."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from shortcut_core import generate, load_migm, load_shortcut, save_migm, save_shortcut
+from shortcut_core.placement import (calibrated_indices, masked_before, optimal_placement, placement_cost,
+                                     remap_errors, resolve_placement)
+from shortcut_core.schedules import full_step_indices, reveal_counts
+from tests.tiny import tiny_migm, tiny_shortcut
+
+
+def brute_force(errors: np.ndarray, budget: int) -> float:
+    n = errors.shape[0]
+    return min(placement_cost(errors, [0, *rest]) for rest in itertools.combinations(range(1, n), budget - 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dp_finds_the_exhaustive_optimum(seed):
+    rng = np.random.default_rng(seed)
+    n = 9
+    errors = np.cumsum(rng.random((n, n)) * rng.random((n, 1)) * 3, axis=1)  # drift grows with chain length
+    for budget in range(1, n + 1):
+        best = optimal_placement(errors, budget)
+        assert best[0] == 0 and len(best) == budget and best == sorted(set(best))
+        assert placement_cost(errors, best) == pytest.approx(brute_force(errors, budget))
+
+
+def test_dp_spends_full_steps_where_the_drift_is():
+    n = 10
+    s, k = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+    errors = k * np.where(s + k >= 5, 10.0, 1.0)  # drift grows with the chain, and fast in the second half
+    best = optimal_placement(errors, 4)
+    assert sum(i >= 5 for i in best) >= 2 and placement_cost(errors, best) < placement_cost(errors, full_step_indices(n, 4))
+    assert optimal_placement(errors, n) == list(range(n)) and optimal_placement(errors, 1) == [0]
+    with pytest.raises(ValueError, match="between 1 and"):
+        optimal_placement(errors, 0)
+
+
+def test_remap_is_the_identity_at_the_recorded_step_count_and_monotone_elsewhere():
+    counts = reveal_counts(49, 16, "arccos")
+    rng = np.random.default_rng(0)
+    n = 16
+    errors = np.cumsum(rng.random((n, n)), axis=1)
+    ratios = masked_before(counts)
+    same = remap_errors(errors, ratios, ratios)
+    for s in range(n):
+        np.testing.assert_allclose(same[s, 1:n - s], errors[s, 1:n - s])
+    longer = remap_errors(errors, ratios, masked_before(reveal_counts(49, 24, "arccos")))
+    assert longer.shape == (24, 24)
+    # Chains that cover more of the run drift more, as in the measured table.
+    assert all(longer[s, k] <= longer[s, k + 1] + 1e-12 for s in range(23) for k in range(1, 23 - s - 1))
+
+
+def test_calibrated_placements_round_trip_and_fall_back(tmp_path):
+    migm = tiny_migm(vqgan=False)
+    base = tmp_path / "base.safetensors"
+    save_migm(migm, base)
+    migm = load_migm(base)
+    sc_path = tmp_path / "sc.safetensors"
+    save_shortcut(tiny_shortcut(migm), sc_path, base_fingerprint=migm.fingerprint,
+                  info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "metric": "tokens"}})
+    shortcut = load_shortcut(sc_path, migm)
+    assert calibrated_indices(shortcut, 8, 3) == [0, 5, 6] and calibrated_indices(shortcut, 8, 4) is None
+    run = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, placement="calibrated",
+                   decode=False)
+    assert run.stats.full_step_indices == [0, 5, 6] and "calibrated placement 0,5,6" in run.stats.report()
+    fallback = generate(migm, classes=[0, 1], steps=8, full_steps=4, shortcut=shortcut, placement="calibrated",
+                        decode=False)
+    assert fallback.stats.full_step_indices == full_step_indices(8, 4)
+    assert "no calibrated placement for N=8, B=4" in fallback.stats.report()
+    paper = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, decode=False)
+    assert paper.stats.full_step_indices == full_step_indices(8, 3) and "placement" not in paper.stats.report()
+    with pytest.raises(ValueError, match="count B"):
+        resolve_placement(8, [0, 2], "calibrated", shortcut)
+    with pytest.raises(ValueError, match="placement must be one of"):
+        generate(migm, classes=0, steps=4, full_steps=2, shortcut=shortcut, placement="smart")

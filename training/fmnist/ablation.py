@@ -1,0 +1,117 @@
+"""Compare candidate shortcuts of the embedded model: tracking error, step cost and a quick FD.
+
+For every shortcut file it reads the held-out validation its training wrote into the file
+(single-step MSE ratio to copy-previous, and after 2..k chained shortcut steps), times one
+shortcut step against one full step (head and sampling included), and samples a small
+FD-FMNIST check of shortcut N/B against plain N and plain B in both regimes, with the same
+seeds for every candidate. Writes a markdown table (and JSON) for ``docs/results``.
+
+    python -m training.fmnist.ablation A.safetensors B.safetensors --names a,b --out runs/fmnist/ablation.md
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from shortcut_core import generate, load_migm, load_shortcut
+from training.fmnist.classifier import load_classifier
+from training.fmnist.fd import fd_fmnist, reference_stats
+from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_costs, to_uint8
+
+
+def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int, classifier,
+             ref) -> tuple[float, float]:
+    """(FD-FMNIST, sampling ms per image) of ``images`` images in chunks of ``batch`` (seed = chunk)."""
+    out, seconds = [], 0.0
+    for chunk in range(-(-images // batch)):
+        r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
+                     shortcut=shortcut if full is not None else None, seed=chunk)
+        out.append(to_uint8(r.images))
+        seconds += r.stats.seconds
+    import numpy as np
+
+    return fd_fmnist(np.concatenate(out)[:images], classifier, ref), seconds / images * 1e3
+
+
+def describe(shortcut) -> dict:
+    info = getattr(shortcut, "info", {}) or {}
+    val = (info.get("metrics") or {}).get("val") or {}
+    training = info.get("training", {})
+    chains = val.get("chain", {})
+    return {
+        "parameters": sum(p.numel() for p in shortcut.parameters()),
+        "width": shortcut.config.width, "n_block": shortcut.config.n_block,
+        "iters": training.get("iters"), "rollout": training.get("rollout", 1),
+        "input_noise": training.get("input_noise", 0.0), "cos_weight": training.get("cos_weight", 0.0),
+        "data": (info.get("data") or {}).get("path"),
+        "val_single": val.get("mse_ratio"), "val_chain": {k: v["mse_ratio"] for k, v in chains.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m training.fmnist.ablation", description=__doc__.split("\n\n")[0])
+    p.add_argument("shortcuts", nargs="+", help="shortcut files of --migm")
+    p.add_argument("--names", help="comma-separated row names (default: file stems)")
+    p.add_argument("--migm", default=str(DEFAULT_MIGM))
+    p.add_argument("--steps", type=int, default=16, help="N of the quick FD check")
+    p.add_argument("--full-steps", type=int, default=4, help="B of the quick FD check")
+    p.add_argument("--images", type=int, default=1000, help="images per FD (small: compare rows, not with the sweep)")
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/fmnist/ablation.md")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.names.split(",") if args.names else [Path(s).stem for s in args.shortcuts]
+    if len(names) != len(args.shortcuts):
+        p.error(f"--names lists {len(names)} names for {len(args.shortcuts)} shortcuts")
+    migm = load_migm(args.migm)
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    n, b = args.steps, args.full_steps
+    baselines = {}
+    for regime in REGIMES:
+        for steps in (n, b):
+            baselines[(regime, steps)] = quick_fd(migm, None, regime, steps, None, args.images, args.batch,
+                                                  classifier, ref)
+            print(f"plain N={steps} {regime}: FD {baselines[(regime, steps)][0]:.2f}", flush=True)
+    rows = []
+    for name, path in zip(names, args.shortcuts):
+        shortcut = load_shortcut(path, migm)
+        row = {"name": name, "file": str(path), **describe(shortcut)}
+        row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
+        row["fd"] = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref)[0]
+                     for regime in REGIMES}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)
+    lines = [f"Quick check: N={n}, B={b}, {args.images} images per FD, seeds 0.. for every row (FD on "
+             f"{args.images} images is biased upwards: compare rows of this table only). Plain N={n}: FD "
+             f"{baselines[('cond', n)][0]:.2f} (cond) / {baselines[('uncond', n)][0]:.2f} (uncond); plain N={b}: "
+             f"{baselines[('cond', b)][0]:.2f} / {baselines[('uncond', b)][0]:.2f}.", "",
+             "| candidate | params | width x blocks | iters | rollout | input noise | cos weight | val MSE ratio, "
+             "1 step | " + " | ".join(f"after {k} chained" for k in chain_depths) +
+             f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond | FD {n}/{b} uncond |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|"]
+    for r in rows:
+        single = f"{r['val_single']:.3f}" if r["val_single"] is not None else "-"
+        chains = " | ".join(f"{r['val_chain'][k]:.3f}" if k in r["val_chain"] else "-" for k in chain_depths)
+        lines.append(f"| {r['name']} | {r['parameters']:,} | {r['width']} x {r['n_block']} | {r['iters']} | "
+                     f"{r['rollout']} | {r['input_noise']} | {r['cos_weight']} | {single} | {chains} | "
+                     f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} | "
+                     f"{r['fd']['uncond']:.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    report = {"rows": rows, "baselines": {f"{k[0]}_N{k[1]}": v[0] for k, v in baselines.items()},
+              "settings": vars(args)}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

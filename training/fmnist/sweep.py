@@ -1,0 +1,593 @@
+"""Quality-speed sweep of the embedded Fashion-MNIST model: plain sampling vs the shortcut,
+class-conditional and unconditional.
+
+For every regime (``cond``: balanced classes with the model's guidance; ``uncond``: the
+null class, one pass per step) and every setting (plain N, or shortcut N/B) it generates
+images in large batches and measures, with the shipped classifier, FD-FMNIST against the
+test split (class consistency too when there is a class), sampling seconds per image and
+base forward passes per image.
+
+Timing is fair by construction: the work is split into chunks (one ``--batch`` of images,
+one seed) and every chunk runs all pending settings back to back, so plain and shortcut
+are measured side by side under the same machine load. Each finished chunk is saved
+(``--state-dir``), so an interrupted sweep resumes where it stopped. Two processes given
+disjoint ``--regimes`` or setting lists and the same state dir fill it in parallel (one
+core each); a last run with the full lists reuses every chunk and writes the report.
+
+    python -m training.fmnist.sweep --threads 2                        # the published tables (see --help)
+    python -m training.fmnist.sweep --threads 2 --out-dir docs/results # ... written where the README links them
+    python -m training.fmnist.sweep --images 500 --headline-images 1000 --state-dir runs/try
+
+Writes ``fmnist_sweep.md`` (tables and target checks for both regimes), ``fmnist_sweep.json``,
+``fmnist_sweep_{regime}.png`` (FD-FMNIST vs ms/image, Pareto front marked) and sample grids
+into ``--out-dir`` (default under the git-ignored ``runs/``).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from shortcut_core import fingerprint, generate, load_migm, load_shortcut
+from training.fmnist.classifier import load_classifier, predict
+from training.fmnist.dataset import CLASS_NAMES
+from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
+                                frechet_distance_stats, reference_stats, to_classifier_input)
+from training.fmnist.train_tokenizer import Log
+
+DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
+DEFAULT_SHORTCUT = Path("models/migm_shortcut/fmnist_shortcut.safetensors")
+REGIMES = {
+    "cond": "class-conditional: balanced classes, the model's guidance",
+    "uncond": "unconditional: class 'none', no guidance, one base pass per full step",
+}
+# Pairs the targets compare (issue: same N, equal base passes).
+SAME_N = [("shortcut_N16_B4", "plain_N16")]
+EQUAL_PASSES = [("shortcut_N16_B4", "plain_N4"), ("shortcut_N24_B6", "plain_N6")]
+SAME_N_TOLERANCE = 0.03
+
+
+@dataclass(frozen=True)
+class Setting:
+    steps: int
+    full: int  # B; == steps for plain sampling
+
+    @property
+    def plain(self) -> bool:
+        return self.full == self.steps
+
+    @property
+    def key(self) -> str:
+        return f"plain_N{self.steps}" if self.plain else f"shortcut_N{self.steps}_B{self.full}"
+
+    @property
+    def label(self) -> str:
+        return f"plain N={self.steps}" if self.plain else f"shortcut N={self.steps} B={self.full}"
+
+
+def parse_settings(plain: str, shortcut: str) -> list[Setting]:
+    """"4,8" and "16:3,16:5" -> settings (plain first)."""
+    out = [Setting(int(n), int(n)) for n in plain.split(",") if n.strip()]
+    for item in shortcut.split(","):
+        if item.strip():
+            n, b = item.split(":")
+            if not 1 <= int(b) < int(n):
+                raise ValueError(f"shortcut setting {item!r}: need 1 <= B < N")
+            out.append(Setting(int(n), int(b)))
+    return out
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, H, W, 3) float in [0, 1] -> (B, H, W) uint8 gray."""
+    return (images[..., 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def balanced_classes(batch: int, num_classes: int = 10) -> list[int]:
+    return [i % num_classes for i in range(batch)]
+
+
+def regime_classes(regime: str, batch: int) -> list:
+    """The condition list of one chunk: balanced classes, or the null class for every image."""
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r}; choose from {', '.join(REGIMES)}")
+    return balanced_classes(batch) if regime == "cond" else ["none"] * batch
+
+
+# --------------------------------------------------------------------------- drawing (PIL only)
+
+
+def image_grid(images: np.ndarray, columns: int, scale: int = 2, column_labels=None, row_labels=None,
+               pad: int = 2) -> Image.Image:
+    """(B, H, W) uint8 -> one labelled grid image, filled row by row."""
+    font = ImageFont.load_default()
+    rows = (len(images) + columns - 1) // columns
+    h, w = images.shape[1] * scale, images.shape[2] * scale
+    top = 14 if column_labels else 0
+    left = max((len(s) for s in row_labels), default=0) * 6 + 6 if row_labels else 0
+    canvas = Image.new("RGB", (left + columns * (w + pad) + pad, top + rows * (h + pad) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, img in enumerate(images):
+        r, c = divmod(i, columns)
+        tile = Image.fromarray(img, "L").resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (left + pad + c * (w + pad), top + pad + r * (h + pad)))
+    for c, text in enumerate(column_labels or []):
+        x = left + pad + c * (w + pad)
+        draw.text((x, 1), text[: max(1, w // 6)], fill="black", font=font)
+    for r, text in enumerate(row_labels or []):
+        draw.text((2, top + pad + r * (h + pad) + h // 2 - 5), text, fill="black", font=font)
+    return canvas
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points not dominated in (x lower, y lower), sorted by x."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1]))
+    front, best = [], float("inf")
+    for i in order:
+        if points[i][1] < best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    """FD-FMNIST (y) vs seconds per image (x); plain and shortcut marked, Pareto front drawn."""
+    W, H, L, R, T, B = 960, 620, 80, 30, 50, 60
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    xs = [r["seconds_per_image"] for r in results]
+    ys = [r["fd_fmnist"] for r in results]
+    x0, x1 = 0.0, max(xs) * 1.08
+    y0, y1 = 0.0, max(ys) * 1.1
+
+    def px(x, y):
+        return L + (x - x0) / (x1 - x0) * (W - L - R), H - B - (y - y0) / (y1 - y0) * (H - T - B)
+
+    d.rectangle([L, T, W - R, H - B], outline="black")
+    for k in range(6):
+        xv, yv = x0 + (x1 - x0) * k / 5, y0 + (y1 - y0) * k / 5
+        gx, _ = px(xv, y0)
+        _, gy = px(x0, yv)
+        d.line([gx, T, gx, H - B], fill=(225, 225, 225))
+        d.line([L, gy, W - R, gy], fill=(225, 225, 225))
+        d.text((gx - 14, H - B + 6), f"{xv * 1e3:.1f}", fill="black", font=font)
+        d.text((L - 40, gy - 6), f"{yv:.2f}", fill="black", font=font)
+    d.text((W // 2 - 110, H - B + 26), "sampling milliseconds per image (lower is faster)", fill="black", font=font)
+    d.text((8, T - 20), "FD-FMNIST (lower is better)", fill="black", font=font)
+    d.text((L, 12), title, fill="black", font=font)
+    front = pareto_front(list(zip(xs, ys)))
+    d.line([px(xs[i], ys[i]) for i in front], fill=(0, 160, 0), width=2)
+    for i, r in enumerate(results):
+        x, y = px(xs[i], ys[i])
+        color = (30, 90, 200) if r["plain"] else (230, 120, 20)
+        if r["plain"]:
+            d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
+            text = f"N{r['steps']}"
+        else:
+            d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=color)
+            text = f"{r['steps']}/{r['full_steps']}"
+        if i in front:
+            d.ellipse([x - 9, y - 9, x + 9, y + 9], outline=(0, 160, 0), width=2)
+        d.text((x + 8, y - 12), text, fill=color, font=font)
+    lx = W - R - 250
+    d.ellipse([lx, T + 12, lx + 10, T + 22], fill=(30, 90, 200))
+    d.text((lx + 16, T + 11), "plain sampling, N steps", fill="black", font=font)
+    d.rectangle([lx, T + 30, lx + 10, T + 40], fill=(230, 120, 20))
+    d.text((lx + 16, T + 29), "shortcut, N steps / B full", fill="black", font=font)
+    d.line([lx, T + 53, lx + 10, T + 53], fill=(0, 160, 0), width=2)
+    d.text((lx + 16, T + 47), "Pareto front (circled)", fill="black", font=font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def step_costs(migm, shortcut, batch: int, repeats: int, regime: str = "cond", seed: int = 0) -> dict:
+    """Seconds of one full step and one shortcut step on ``batch`` images of ``regime``
+    (guided class-conditional: 2*batch rows; unconditional: batch rows).
+
+    Network only (base forward vs shortcut forward) and whole step (+ head, sampling,
+    reveal), interleaved so machine load hits both alike; medians over ``repeats``.
+    """
+    steps = 8
+    gen = torch.Generator().manual_seed(seed)
+    state = migm.start(regime_classes(regime, batch), steps=steps, generator=gen)
+    with torch.inference_mode():
+        feats = migm.base_features(state)
+        migm.advance(state, feats, 0, gen)  # step 0 revealed: the shortcut now has its inputs
+        times = {"base_net": [], "shortcut_net": [], "full_step": [], "shortcut_step": []}
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f_base = migm.base_features(state)
+            t1 = time.perf_counter()
+            f_short = migm.shortcut_features(shortcut, feats, state)
+            t2 = time.perf_counter()
+            times["base_net"].append(t1 - t0)
+            times["shortcut_net"].append(t2 - t1)
+            # Each step reveals into its own copy of the state, so every repeat times the same step 1.
+            for key, f, net in (("full_step", f_base, t1 - t0), ("shortcut_step", f_short, t2 - t1)):
+                fresh = dataclasses.replace(state, tokens=state.tokens.clone(), revealed_at=state.revealed_at.clone())
+                t3 = time.perf_counter()
+                migm.advance(fresh, f, 1, gen)
+                times[key].append(net + time.perf_counter() - t3)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    return {
+        "regime": regime, "batch": batch, "rows": feats.shape[0], "repeats": repeats,
+        **{f"{k}_ms_per_image": round(v / batch * 1e3, 4) for k, v in med.items()},
+        "network_ratio": round(med["base_net"] / med["shortcut_net"], 2),
+        "step_ratio": round(med["full_step"] / med["shortcut_step"], 2),
+    }
+
+
+def run_chunk(migm, shortcut, setting: Setting, regime: str, chunk: int, batch: int, seed: int) -> dict:
+    classes = regime_classes(regime, batch)
+    result = generate(migm, classes, steps=setting.steps, full_steps=None if setting.plain else setting.full,
+                      shortcut=None if setting.plain else shortcut, seed=seed + chunk)
+    labels = classes if regime == "cond" else [-1] * batch
+    return {"images": to_uint8(result.images), "classes": np.asarray(labels), "seconds": result.stats.seconds,
+            "decode_seconds": result.stats.decode_seconds, "base_passes": result.stats.base_passes,
+            "full_step_indices": result.stats.full_step_indices}
+
+
+def chunk_path(state_dir: Path, regime: str, setting: Setting, chunk: int) -> Path:
+    return state_dir / regime / setting.key / f"chunk_{chunk:03d}.npz"
+
+
+def save_chunk(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, images=data["images"], classes=data["classes"], seconds=data["seconds"],
+             decode_seconds=data["decode_seconds"], base_passes=data["base_passes"],
+             full_step_indices=np.asarray(data["full_step_indices"]))
+    tmp.replace(path)
+
+
+def load_chunks(state_dir: Path, regime: str, setting: Setting, count: int) -> list[dict]:
+    return [dict(np.load(chunk_path(state_dir, regime, setting, k))) for k in range(count)]
+
+
+def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref, common: int,
+              blocks: bool) -> dict:
+    """``fd_fmnist`` uses the first ``common`` images (same count and seeds in every row: FD is
+    biased by the count); ``fd_fmnist_all`` every image; ``fd_blocks`` the two halves (disjoint
+    seeds) of a headline setting, whose difference shows the sampling noise. The classifier
+    runs once over the images."""
+    images = np.concatenate([c["images"] for c in chunks])
+    classes = np.concatenate([c["classes"] for c in chunks])
+    seconds = float(sum(float(c["seconds"]) for c in chunks))
+    feats = extract_features(images, classifier)
+
+    def fd(lo: int, hi: int) -> float:
+        return round(frechet_distance_stats(feature_stats(feats[lo:hi]), ref), 4)
+
+    half = len(images) // 2
+    consistency = None
+    if regime == "cond":
+        predicted = predict(classifier, to_classifier_input(images)).numpy()
+        consistency = round(float((predicted == classes).mean()), 4)
+    return {
+        "key": setting.key, "label": setting.label, "regime": regime, "plain": setting.plain,
+        "steps": setting.steps, "full_steps": setting.full, "images": int(len(images)),
+        "full_step_indices": [int(i) for i in np.asarray(chunks[0]["full_step_indices"])],
+        "fd_fmnist": fd(0, common), "fd_images": int(min(common, len(images))),
+        "fd_fmnist_all": fd(0, len(images)) if len(images) > common else None,
+        "fd_blocks": [fd(0, half), fd(half, len(images))] if blocks else None,
+        "class_consistency": consistency,
+        "seconds_per_image": seconds / len(images),
+        "decode_seconds_per_image": float(sum(float(c["decode_seconds"]) for c in chunks)) / len(images),
+        "base_passes_per_image": int(chunks[0]["base_passes"]),
+        "chunk_seconds": [round(float(c["seconds"]), 3) for c in chunks],
+    }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def best_fd(r: dict) -> float:
+    """The FD of all of a row's images (headline rows) or of the common count."""
+    return r["fd_fmnist_all"] if r.get("fd_fmnist_all") is not None else r["fd_fmnist"]
+
+
+def block_noise(*rows: dict) -> float | None:
+    """The larger disagreement between the two seed blocks of the given rows (None: no blocks)."""
+    gaps = [abs(r["fd_blocks"][0] - r["fd_blocks"][1]) for r in rows if r.get("fd_blocks")]
+    return max(gaps) if gaps else None
+
+
+def targets(results: list[dict]) -> dict:
+    """One regime's target checks (see the module's SAME_N and EQUAL_PASSES pairs)."""
+    by_key = {r["key"]: r for r in results}
+    plain = [r for r in results if r["plain"]]
+    iso = []
+    for s in (r for r in results if not r["plain"]):
+        better = [p for p in plain if p["fd_fmnist"] <= s["fd_fmnist"]]
+        if better:
+            ref = min(better, key=lambda p: p["seconds_per_image"])
+            note = "fastest plain setting with equal or better FD"
+        elif plain:
+            ref = min(plain, key=lambda p: p["fd_fmnist"])
+            note = "no plain setting reaches this FD; compared with the best plain FD"
+        else:
+            continue
+        iso.append({"shortcut": s["key"], "plain": ref["key"], "speedup": ref["seconds_per_image"] / s["seconds_per_image"],
+                    "note": note})
+    best_iso = max(iso, key=lambda t: t["speedup"]) if iso else None
+
+    def pair(short_key: str, plain_key: str) -> dict | None:
+        s, p = by_key.get(short_key), by_key.get(plain_key)
+        if s is None or p is None:
+            return None
+        fd_s, fd_p = best_fd(s), best_fd(p)
+        return {"shortcut": short_key, "plain": plain_key, "fd_shortcut": fd_s, "fd_plain": fd_p,
+                "fd_rel": fd_s / fd_p - 1, "noise": block_noise(s, p),
+                "speedup": p["seconds_per_image"] / s["seconds_per_image"]}
+
+    same_n = []
+    for keys in SAME_N:
+        t = pair(*keys)
+        if t:
+            allowed = max(SAME_N_TOLERANCE * t["fd_plain"], t["noise"] or 0.0)
+            t["met"] = t["fd_shortcut"] - t["fd_plain"] <= allowed
+            same_n.append(t)
+    equal = []
+    for keys in EQUAL_PASSES:
+        t = pair(*keys)
+        if t:
+            t["met"] = t["fd_shortcut"] < t["fd_plain"] - (t["noise"] or 0.0)
+            equal.append(t)
+    return {
+        "iso_quality": iso, "best_iso_quality": best_iso,
+        "target_2x_met": bool(best_iso and best_iso["speedup"] >= 2),
+        "same_n": same_n, "target_same_n_met": bool(same_n) and all(t["met"] for t in same_n),
+        "equal_passes": equal, "target_equal_passes_met": bool(equal) and all(t["met"] for t in equal),
+    }
+
+
+def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, out_names: dict) -> list[str]:
+    plain = {r["steps"]: r for r in results if r["plain"]}
+    front = set(pareto_front([(r["seconds_per_image"], r["fd_fmnist"]) for r in results]))
+    cond = regime == "cond"
+    lines = [f"## {REGIMES[regime].split(':')[0].capitalize()} ({regime})", "", f"{REGIMES[regime]}.", "",
+             f"| setting | N | B | images | FD-FMNIST ({results[0]['fd_images']} images) | FD-FMNIST (all) | "
+             f"FD seed blocks | {'class consistency | ' if cond else ''}ms / image | speed-up vs plain same N | "
+             f"base passes / image | Pareto |",
+             "|---|---|---|---|---|---|---|" + ("---|" if cond else "") + "---|---|---|---|"]
+    for i, r in enumerate(results):
+        p = plain.get(r["steps"])
+        speed = f"{p['seconds_per_image'] / r['seconds_per_image']:.2f}x" if p else "-"
+        blocks = " / ".join(f"{b:.2f}" for b in r["fd_blocks"]) if r.get("fd_blocks") else ""
+        lines.append(
+            f"| {r['label']} | {r['steps']} | {r['full_steps']} | {r['images']} | {r['fd_fmnist']:.2f} | "
+            f"{'' if r.get('fd_fmnist_all') is None else format(r['fd_fmnist_all'], '.2f')} | {blocks} | "
+            + (f"{r['class_consistency'] * 100:.1f} % | " if cond else "")
+            + f"{r['seconds_per_image'] * 1e3:.2f} | {speed} | {r['base_passes_per_image']} | "
+            f"{'yes' if i in front else ''} |")
+    lines += ["", f"![FD-FMNIST vs ms per image, {regime}]({out_names['plot']})", ""]
+    lines += [
+        f"Step cost ({costs['batch']} images, {costs['rows']} rows, median of {costs['repeats']}): base forward "
+        f"{costs['base_net_ms_per_image']:.3f} vs shortcut forward {costs['shortcut_net_ms_per_image']:.3f} ms/image "
+        f"(network ratio {costs['network_ratio']:.1f}x); whole step (network + head on masked positions + sampling + "
+        f"reveal) {costs['full_step_ms_per_image']:.3f} vs {costs['shortcut_step_ms_per_image']:.3f} ms/image, "
+        f"**one shortcut step = 1/{costs['step_ratio']:.1f} of a full step**.", "", "Targets:", ""]
+    for t in checks["same_n"]:
+        noise = f"{t['noise']:.2f}" if t["noise"] is not None else "n/a"
+        lines.append(f"- same N: `{t['shortcut']}` FD {t['fd_shortcut']:.2f} vs `{t['plain']}` {t['fd_plain']:.2f} "
+                     f"({t['fd_rel'] * 100:+.1f} %; allowed +{SAME_N_TOLERANCE * 100:.0f} % or the block noise "
+                     f"{noise}), {t['speedup']:.2f}x faster: **{'met' if t['met'] else 'not met'}**.")
+    for t in checks["equal_passes"]:
+        noise = f"{t['noise']:.2f}" if t["noise"] is not None else "n/a"
+        lines.append(f"- equal base passes: `{t['shortcut']}` FD {t['fd_shortcut']:.2f} vs `{t['plain']}` "
+                     f"{t['fd_plain']:.2f} ({t['fd_rel'] * 100:+.1f} %; must be better by more than the block noise "
+                     f"{noise}): **{'met' if t['met'] else 'not met'}**.")
+    best = checks["best_iso_quality"]
+    if best:
+        lines.append(f"- >= 2x faster than every plain setting of equal or better FD ({results[0]['fd_images']}-image "
+                     f"column): **{'met' if checks['target_2x_met'] else 'not met'}**; best: `{best['shortcut']}` runs "
+                     f"at {best['speedup']:.2f}x the speed of `{best['plain']}` ({best['note']}).")
+    grids = [r for r in results if r.get("grid")]
+    if grids:
+        lines += ["", "Samples (the same seeds in every grid): " + ", ".join(
+            f"[{r['label']}]({out_names['grid'].format(key=r['key'])})" for r in grids)]
+    return lines + [""]
+
+
+def write_markdown(path: Path, sections: dict, meta: dict) -> None:
+    lines = [
+        "# Fashion-MNIST embedded model: quality vs speed",
+        "",
+        f"Base model `{meta['migm']}` ({meta['base_params']:,} parameters), shortcut `{meta['shortcut']}` "
+        f"({meta['shortcut_params']:,} parameters). Sampling settings: the model's own ({meta['options']}). "
+        f"Same seeds for every setting; {meta['threads']} CPU thread(s), {meta['batch']} images per call, all "
+        f"settings interleaved chunk by chunk. FD-FMNIST: Frechet distance of the shipped classifier's 128-d "
+        f"features against the 10,000 test images (lower is better; non-standard, not comparable with FID). FD is "
+        f"biased upwards by small samples, so one column uses the same count (the first images, same seeds) in "
+        f"every row: the Pareto plots and the 2x check use it. Headline rows have {meta['headline_images']} images "
+        f"in two seed blocks; their FD on all images decides the same-N and equal-passes targets, and the gap "
+        f"between their blocks is the noise those targets allow. Seconds: the sampling loop only (decoding adds "
+        f"{meta['decode_ms']:.2f} ms/image to every row).",
+        "",
+        *([meta["note"], ""] if meta.get("note") else []),
+    ]
+    refs = meta.get("reference_points")
+    if refs:
+        lines += [f"Reference points ({refs['images']} images): real training images FD {refs['real_fd']:.2f}; "
+                  f"the same images through the tokenizer (encode + decode) FD {refs['recon_fd']:.2f}, the floor for "
+                  f"any sampler of this tokenizer.", ""]
+    for regime, body in sections.items():
+        lines += body
+    lines += ["## Reproduce", "", "```bash", *meta["commands"], "```", ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+
+
+@torch.no_grad()
+def reference_points(migm, classifier, ref, count: int) -> dict:
+    """FD-FMNIST and class consistency of ``count`` real training images and of their
+    reconstructions through the model's tokenizer: the floor a generator of this tokenizer can reach."""
+    from training.fmnist.dataset import load_fmnist, to_tensor
+
+    images, labels = load_fmnist("train")
+    images, labels = images[:count], labels[:count]
+    x = to_tensor(images)
+    recon = torch.cat([migm.vqgan(x[i:i + 500])[0] for i in range(0, len(x), 500)])
+    recon = ((recon.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0].numpy()  # (N, 1, H, W) -> (N, H, W)
+    return {
+        "images": count,
+        "real_fd": round(fd_fmnist(images, classifier, ref), 3),
+        "real_consistency": round(class_consistency(images, labels, classifier), 4),
+        "recon_fd": round(fd_fmnist(recon, classifier, ref), 3),
+        "recon_consistency": round(class_consistency(recon, labels, classifier), 4),
+    }
+
+
+def default_commands(migm, shortcut, command: str) -> list[str]:
+    """Tokenizer, base model, shortcut (as their files record them), then this sweep."""
+    made = migm.info.get("commands", {})
+    out = [made[k] for k in ("tokenizer", "maskgit", "maskgit_grown") if k in made]
+    short = shortcut.info.get("commands", shortcut.info.get("command", []))
+    out += short if isinstance(short, list) else [short]
+    return [*out, command]
+
+
+def sample_grid(chunk: dict, regime: str, columns: int) -> Image.Image:
+    images, classes = chunk["images"], chunk["classes"]
+    if regime == "cond":
+        columns = min(columns, *(int((classes == c).sum()) for c in range(10)))
+        per_class = [images[classes == c][:columns] for c in range(10)]  # one row per class
+        return image_grid(np.concatenate(per_class), columns, row_labels=list(CLASS_NAMES))
+    return image_grid(images[:10 * columns], columns)
+
+
+def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: list[Setting], state_dir: Path,
+               out_dir: Path, log) -> tuple[list[dict], dict, dict]:
+    headline = {s.strip() for s in args.headline.split(",") if s.strip()}
+    wanted = {s.key: (args.headline_images if s.key in headline else args.images) for s in settings}
+    n_chunks = {k: -(-n // args.batch) for k, n in wanted.items()}
+    log(f"{regime}: {len(settings)} settings, {sum(n_chunks.values())} chunks of {args.batch}")
+
+    costs_path = state_dir / regime / "step_costs.json"
+    measured_on = {"migm": migm.fingerprint, "threads": args.threads,
+                   "shortcut": fingerprint(shortcut.state_dict(), shortcut.config.to_dict())}
+    costs = json.loads(costs_path.read_text()) if costs_path.is_file() else None
+    if costs is None or costs.get("measured_on") != measured_on or costs["batch"] != args.batch \
+            or costs["repeats"] != args.cost_repeats:
+        costs = {**step_costs(migm, shortcut, args.batch, args.cost_repeats, regime), "measured_on": measured_on}
+        costs_path.parent.mkdir(parents=True, exist_ok=True)
+        costs_path.write_text(json.dumps(costs, indent=1))
+    log(f"{regime} step costs: {costs}")
+
+    start = time.perf_counter()
+    for chunk in range(max(n_chunks.values())):
+        for s in settings:
+            path = chunk_path(state_dir, regime, s, chunk)
+            if chunk >= n_chunks[s.key] or path.is_file():
+                continue
+            data = run_chunk(migm, shortcut, s, regime, chunk, args.batch, args.seed)
+            save_chunk(path, data)
+            log(f"{regime} chunk {chunk} {s.label}: {data['seconds'] / args.batch * 1e3:.2f} ms/image, "
+                f"{time.perf_counter() - start:.0f}s elapsed")
+
+    results = []
+    for s in settings:
+        r = summarize(s, regime, load_chunks(state_dir, regime, s, n_chunks[s.key]), classifier, ref, args.images,
+                      blocks=s.key in headline and wanted[s.key] >= 2 * args.batch)
+        log(f"{regime} {s.label}: FD {r['fd_fmnist']:.3f} (all {r['fd_fmnist_all']}, blocks {r['fd_blocks']}), "
+            f"{r['seconds_per_image'] * 1e3:.2f} ms/image")
+        results.append(r)
+    grid_keys = {g.strip() for g in args.grids.split(",") if g.strip()}
+    for r, s in zip(results, settings):
+        if r["key"] in grid_keys:
+            chunk = dict(np.load(chunk_path(state_dir, regime, s, 0)))
+            sample_grid(chunk, regime, args.grid_columns).save(out_dir / f"fmnist_samples_{regime}_{r['key']}.png")
+            r["grid"] = True
+    return results, targets(results), costs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    command = ("python -m training.fmnist.sweep " + shlex.join(argv)).strip()
+    torch.set_num_threads(args.threads)
+    state_dir, out_dir = Path(args.state_dir), Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = Log(state_dir / "sweep.log")
+    log(f"$ {command}")
+    migm = load_migm(args.migm)
+    shortcut = load_shortcut(args.shortcut, migm)
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    settings = parse_settings(args.plain, args.shortcut_settings)
+    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
+    for regime in regimes:
+        regime_classes(regime, 1)  # refuses an unknown regime before any work
+
+    report = {"regimes": {}}
+    sections = {}
+    for regime in regimes:
+        results, checks, costs = run_regime(regime, args, migm, shortcut, classifier, ref, settings, state_dir,
+                                            out_dir, log)
+        plot_name = f"fmnist_sweep_{regime}.png"
+        plot(results, out_dir / plot_name, f"Fashion-MNIST MaskGIT, {regime}: FD-FMNIST vs sampling time "
+                                           f"({args.threads} CPU thread(s), {args.batch} images per call)")
+        sections[regime] = regime_section(regime, results, checks, costs,
+                                          {"plot": plot_name, "grid": f"fmnist_samples_{regime}_{{key}}.png"})
+        report["regimes"][regime] = {"results": results, "targets": checks, "step_costs": costs}
+        log(f"{regime} targets: same N {checks['target_same_n_met']}, equal passes "
+            f"{checks['target_equal_passes_met']}, 2x {checks['target_2x_met']}")
+    all_rows = [r for v in report["regimes"].values() for r in v["results"]]
+    meta = {
+        "migm": args.migm, "shortcut": args.shortcut, "options": migm.sampling_defaults, "threads": args.threads,
+        "batch": args.batch, "headline_images": args.headline_images,
+        "base_params": sum(p.numel() for p in migm.model.parameters()),
+        "shortcut_params": sum(p.numel() for p in shortcut.parameters()),
+        "decode_ms": 1e3 * float(np.mean([r["decode_seconds_per_image"] for r in all_rows])),
+        "commands": args.reproduce.split(";;") if args.reproduce else default_commands(migm, shortcut, command),
+        "reference_points": reference_points(migm, classifier, ref, args.images), "note": args.note,
+    }
+    report["meta"] = meta
+    write_markdown(out_dir / "fmnist_sweep.md", sections, meta)
+    (out_dir / "fmnist_sweep.json").write_text(json.dumps(report, indent=1))
+    log(f"wrote {out_dir / 'fmnist_sweep.md'}")
+    return report
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.fmnist.sweep", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--migm", default=str(DEFAULT_MIGM), help="base model file")
+    p.add_argument("--shortcut", default=str(DEFAULT_SHORTCUT), help="shortcut file for --migm")
+    p.add_argument("--regimes", default="cond,uncond", help=f"comma list of: {', '.join(REGIMES)}")
+    p.add_argument("--plain", default="2,3,4,6,8,12,16,24", help="plain sampling step counts N")
+    p.add_argument("--shortcut-settings", default="8:1,8:2,8:4,16:2,16:3,16:4,16:6,16:8,24:3,24:4,24:6,24:12",
+                   help="shortcut settings N:B (N in 8, 16, 24; B from N/8 to N/2)")
+    p.add_argument("--images", type=int, default=2000, help="images per setting (and the common FD count)")
+    p.add_argument("--headline", default="plain_N4,plain_N6,plain_N16,shortcut_N16_B4,shortcut_N24_B6",
+                   help="settings that get --headline-images in two seed blocks (the target pairs)")
+    p.add_argument("--headline-images", type=int, default=5000, help="images per headline setting")
+    p.add_argument("--batch", type=int, default=500, help="images per generate() call (= one chunk, one seed)")
+    p.add_argument("--seed", type=int, default=0, help="chunk k uses seed + k, the same for every setting")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--cost-repeats", type=int, default=7, help="repeats of the step-cost timing (median)")
+    p.add_argument("--grids", default="plain_N4,plain_N16,shortcut_N16_B4", help="settings that get a sample grid")
+    p.add_argument("--grid-columns", type=int, default=12, help="images per grid row")
+    p.add_argument("--state-dir", default="runs/fmnist/sweep", help="per-chunk results (resumable)")
+    p.add_argument("--out-dir", default="runs/fmnist/sweep/report",
+                   help="where the report goes (docs/results for the published one)")
+    p.add_argument("--note", default="", help="a paragraph printed above the tables")
+    p.add_argument("--reproduce", default="", help="';;'-separated commands listed under 'Reproduce'")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main()
