@@ -47,7 +47,8 @@ def run_setting(args: dict, queue) -> None:
     kwargs = dict(steps=steps, cfg=2.8, r_temp=7.0, sm_temp=1.0, decode=False)
     use_shortcut = shortcut if b < steps else None
     classes = list(range(args["batch"]))
-    generate(migm, classes, full_steps=1, shortcut=use_shortcut, seed=99, **{**kwargs, "steps": 2})  # warm-up
+    generate(migm, classes, full_steps=1 if use_shortcut else None, shortcut=use_shortcut, seed=99,
+             **{**kwargs, "steps": 2})  # warm-up
     reset_peak_memory(args["device"])
     timer = StepTimer(args["device"])
     seconds = []

@@ -61,7 +61,10 @@ def load_vqgan(path: str | os.PathLike, device="cpu") -> VQGAN:
     else:
         sd = {k: v for k, v in sd.items() if not k.startswith("loss.")}
         yaml_path = path.with_name("model.yaml")
-        config = parse_taming_yaml(yaml_path.read_text()) if yaml_path.is_file() else infer_vqgan_config(sd)
+        if yaml_path.is_file():
+            config = parse_taming_yaml(yaml_path.read_text(), str(yaml_path))
+        else:
+            config = infer_vqgan_config(sd)
     model = VQGAN(config)
     check_keys(model, sd, "VQGAN", path)
     model.load_state_dict(sd)

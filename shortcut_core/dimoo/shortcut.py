@@ -16,12 +16,15 @@ Embeddings come from the base model's ``wte``, bound with ``bind`` (never stored
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checkpoints import CheckpointError
 from ..layers import TimestepEmbedder
-from .config import DiMOOShortcutConfig
+from .config import DiMOOShortcutConfig, LLaDAConfig
 from .llada import LLaDABlock, RMSNorm, rope_angles
 
 
@@ -125,3 +128,29 @@ class DiMOOShortcut(nn.Module):
             scale, shift = self.adaLN_modulation(emb.to(dtype))[:, None].chunk(2, dim=-1)  # (B, 1, width) each
             x = x * (1 + scale) + shift
         return (self.proj_out(x) + prev_feat.to(dtype)).to(prev_feat.dtype)
+
+
+def shortcut_config_from_state_dict(sd: dict, base: LLaDAConfig | None = None) -> DiMOOShortcutConfig:
+    """Architecture of a bare DiMOO shortcut state dict, read off its shapes.
+
+    Head count and RoPE base are not visible in shapes: they follow ``base`` (the
+    published recipe keeps the base model's 32 heads and θ) or the defaults.
+    """
+    need = ("proj_in.weight", "blocks.0.cross_attn.q_proj.weight", "blocks.0.self_attn.ff_proj.weight")
+    if any(k not in sd for k in need):
+        raise CheckpointError("this is not a DiMOO shortcut state dict (no proj_in / blocks.0.cross_attn.q_proj keys)")
+    width, dim = sd["proj_in.weight"].shape
+    mlp_hidden = sd["blocks.0.self_attn.ff_proj.weight"].shape[0]
+    n_block = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
+    embed_t = "adaLN_modulation.weight" in sd
+    time_hidden = sd["time_embedder.mlp.0.weight"].shape[0] if embed_t else round(math.sqrt(width * 256))
+    defaults = DiMOOShortcutConfig()
+    heads = base.n_heads if base is not None else defaults.heads
+    if width % heads or (width // heads) % 2:
+        heads = defaults.heads if width % defaults.heads == 0 else 1
+    return DiMOOShortcutConfig(
+        dim=int(dim), width=int(width), heads=heads, mlp_hidden=int(mlp_hidden), n_block=n_block,
+        time_hidden=int(time_hidden), embed_t=embed_t,
+        rope_theta=base.rope_theta if base is not None else defaults.rope_theta,
+        rms_eps=base.rms_eps if base is not None else defaults.rms_eps,
+    )
