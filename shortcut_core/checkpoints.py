@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -79,7 +80,24 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # the weights-only unpickler names what it refused
-        raise CheckpointError(f"{path} could not be read safely as a torch checkpoint: {exc}") from exc
+        raise CheckpointError(
+            f"{path} was refused ({_refusal_reason(path, exc)}); it is never loaded with code execution enabled. "
+            f"Convert a trusted copy with `python -m shortcut_core.convert`, or use a .safetensors release"
+        ) from None
+
+
+def _refusal_reason(path: Path, exc: Exception) -> str:
+    """One line from torch's multi-paragraph refusal, without its colours or its advice to turn safety off."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    wanted = [line for line in lines if "Unsupported" in line or "unsupported" in line]
+    safe = [line for line in lines if "weights_only" not in line and "safe_globals" not in line]
+    line = (wanted or safe or [type(exc).__name__])[0]
+    if line.isdigit() or len(line) < 4:
+        line = f"not a torch checkpoint: {type(exc).__name__} {line}"
+    return line[:200].rstrip(" .:")
 
 
 def extract_state_dict(obj, path: str | os.PathLike, keys=("model_state_dict", "state_dict", "model")) -> dict:
@@ -117,6 +135,22 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, kind: str, config: 
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def refuse_overwriting(out, *inputs, what: str = "output") -> None:
+    """Refuse to write ``out`` over any of ``inputs`` (the same file, also through links or a
+    file inside an input folder): a run must never replace what it reads."""
+    out = Path(out)
+    target = out.resolve()
+    for given in inputs:
+        if given is None:
+            continue
+        src = Path(given)
+        same = src.resolve() == target or (out.exists() and src.exists() and os.path.samefile(out, src))
+        inside = src.is_dir() and src.resolve() in target.parents
+        if same or inside:
+            raise ValueError(f"{what} {out} would overwrite {'a file in ' if inside else ''}the input {src}; "
+                             f"choose another output path")
 
 
 def read_safetensors_metadata(path: str | os.PathLike) -> dict:

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from .checkpoints import CheckpointError, load_any_state_dict
+from .checkpoints import CheckpointError, load_any_state_dict, refuse_overwriting
 from .maskgit import MaskGITConfig
 from .migm import load_migm, load_vqgan, save_migm, save_shortcut, save_vqgan
 from .shortcut import MaskGITShortcut, infer_shortcut_config
@@ -69,7 +69,11 @@ def main(argv=None) -> int:
     if args.out.suffix != ".safetensors":
         parser.error(f"output must end in .safetensors, got {args.out}")
     try:
-        config = MaskGITConfig.from_dict(json.loads(args.config)) if args.config else None
+        refuse_overwriting(args.out, args.src, args.vq, args.base)
+        try:
+            config = MaskGITConfig.from_dict(json.loads(args.config)) if args.config else None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--config is not valid JSON ({exc}); pass e.g. '{{\"hidden\": 256, \"depth\": 8}}'") from None
         kind = convert(args.src, args.out, args.vq, args.base, config)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -151,11 +151,27 @@ def test_malicious_pickle_is_refused(tmp_path, zip_format):
     path = tmp_path / "evil.pth"
     torch.save({"model_state_dict": {"x": torch.zeros(1)}, "payload": Evil(target)}, path,
                _use_new_zipfile_serialization=zip_format)
-    with pytest.raises(CheckpointError, match="could run code|could not be read safely"):
+    with pytest.raises(CheckpointError, match="could run code|was refused") as refused:
         load_pickle_checkpoint(path)
+    message = str(refused.value)
+    # One line, no colour codes, and never torch's advice to switch the safety off.
+    assert "\n" not in message and "\x1b" not in message
+    assert "weights_only=False" not in message and "add_safe_globals" not in message
     with pytest.raises(CheckpointError):
         load_migm(path)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "the file is empty"), (b"hello, not a pickle\n", "not a torch"),
+                                             (bytes(range(256)) * 4, "")])
+def test_unreadable_pickles_get_one_clear_line(tmp_path, content, reason):
+    path = tmp_path / "broken.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match="was refused") as refused:
+        load_pickle_checkpoint(path)
+    message = str(refused.value)
+    assert reason in message and "\n" not in message and "weights_only=False" not in message
+    assert "shortcut_core.convert" in message
 
 
 def test_published_shortcut_pickle_infers_blocks(tmp_path):

@@ -47,6 +47,12 @@ def test_same_n_and_equal_pass_targets_use_all_images_and_the_block_noise():
     assert equal["plain_N4"]["noise"] == pytest.approx(4.0) and not equal["plain_N4"]["met"]
     assert equal["plain_N6"]["noise"] == pytest.approx(0.5) and not equal["plain_N6"]["met"]  # 73.9 vs 74.0
     assert not checks["target_equal_passes_met"]
+    results.append({**row("shortcut_N16_B4_cal", 16, 4, 99.0, 45, blocks=[70.0, 70.4], fd_all=70.2),
+                    "full_step_indices": [0, 5, 9, 13]})
+    results[3]["full_step_indices"] = [0, 4, 8, 12]
+    cal = targets(results)["calibrated_vs_paper"][0]
+    # 70.2 vs 72.0, both blocks within 1.0: better beyond the noise.
+    assert cal["verdict"] == "better" and cal["placements"] == {"calibrated": [0, 5, 9, 13], "paper": [0, 4, 8, 12]}
     results[1] = row("plain_N4", 4, 4, 90.0, 40, blocks=[80.0, 81.0], fd_all=80.5)
     results[2] = row("plain_N6", 6, 6, 85.0, 60, blocks=[78.0, 78.5], fd_all=78.0)
     assert targets(results)["target_equal_passes_met"]
@@ -56,6 +62,8 @@ def test_settings_parse_and_refuse_b_not_below_n():
     assert parse_settings("4", "16:3") == [Setting(4, 4), Setting(16, 3)]
     with pytest.raises(ValueError, match="need 1 <= B < N"):
         parse_settings("", "8:8")
+    cal = parse_settings("", "16:4c")[0]
+    assert cal == Setting(16, 4, "calibrated") and cal.key == "shortcut_N16_B4_cal" and not cal.plain
     assert regime_classes("uncond", 2) == ["none", "none"] and regime_classes("cond", 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown regime"):
         regime_classes("text", 1)

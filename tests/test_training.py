@@ -107,12 +107,15 @@ def test_recorder_resume_neither_duplicates_nor_skips(base, recorded, tmp_path):
     assert r.interrupted and r.written == 4 and not r.complete
     assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "shard-000000.safetensors"]
     assert read_manifest(out)["counts"]["trajectories"] == 4
-    (out / "shard-000001.safetensors.tmp").write_bytes(b"half a shard")  # a crash mid-write
+    (out / "shard-000001.safetensors.migm-partial").write_bytes(b"half a shard")  # a crash mid-write
+    (out / "thesis draft.tmp").write_text("not the recorder's")
     with pytest.raises(ManifestError, match="--resume"):
         record_trajectories(migm, out, count=12, **REC)
     r = record_trajectories(migm, out, count=12, resume=True, **REC)
     assert r.complete and r.written == 8 and r.already == 4
-    assert not list(out.glob("*.tmp"))
+    assert not list(out.glob("*.migm-partial"))  # its own leftovers are cleaned, nothing else
+    assert (out / "thesis draft.tmp").read_text() == "not the recorder's"
+    (out / "thesis draft.tmp").unlink()
     for j in range(3):
         name = f"shard-00000{j}.safetensors"
         assert same_tensors(load_shard(out / name), load_shard(recorded / name)), name
@@ -431,3 +434,61 @@ def test_calibrate_writes_placements_into_the_file(base, dataset, tmp_path, caps
 
     assert calibrate_main(["--data", str(dataset), "--migm", str(path), "--shortcut", str(sc), "--steps", "6",
                            "--budgets", "9"]) == 2
+
+
+def test_a_second_recorder_on_the_same_folder_is_refused(base, tmp_path):
+    from training.record import RecordingLock
+
+    migm, _ = base
+    out = tmp_path / "locked"
+    out.mkdir()
+    held = RecordingLock(out)  # as a running recorder holds it
+    with pytest.raises(ManifestError, match=r"is being recorded by pid \d+"):
+        record_trajectories(migm, out, count=4, **REC)
+    held.release()  # the holder ends (a crash drops the lock the same way)
+    assert record_trajectories(migm, out, count=4, **REC).complete
+
+
+def test_outputs_never_overwrite_inputs(base, dataset, tmp_path, capsys):
+    from shortcut_core.convert import main as convert_main
+
+    migm, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--iters", "2", *TRAIN_FAST]
+    before = path.read_bytes()
+    assert train_main([*common, "--out", str(path)]) == 2
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(path)
+    assert train_main([*common, "--out", str(link)]) == 2
+    assert train_main([*common, "--out", str(dataset / "shard-000000.safetensors")]) == 2
+    assert "would overwrite" in capsys.readouterr().err and path.read_bytes() == before
+    assert convert_main([str(path), "--base", str(path), "-o", str(path)]) == 2
+    assert path.read_bytes() == before
+
+
+def test_resume_falls_back_past_a_damaged_newest_checkpoint(base, dataset, tmp_path, capsys):
+    _, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--iters", "12", "--ckpt-every", "4", "--keep-ckpts", "0",
+              "--val-every", "0", *TRAIN_FAST]
+    assert train_main([*common, "--out", str(tmp_path / "whole.safetensors")]) == 0
+    b = [*common, "--out", str(tmp_path / "b.safetensors")]
+    with pytest.raises(TrainingInterrupted):
+        train_main(b, should_stop=lambda it: it == 10)
+    run = tmp_path / "b.run"
+    newest = run / "ckpt-00000008.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated by a crash or a full disk
+    capsys.readouterr()
+    assert train_main([*b, "--resume"]) == 0
+    assert "ckpt-00000008.json is damaged" in capsys.readouterr().out
+    # Resumed from iteration 4 instead, so the run still ends exactly where the uninterrupted one did.
+    assert same_tensors(load_file(str(tmp_path / "whole.safetensors")), load_file(str(tmp_path / "b.safetensors")))
+    for p in run.glob("ckpt-*.safetensors"):
+        p.write_bytes(b"")
+    assert train_main([*b, "--resume"]) == 2
+    assert "no older one is readable" in capsys.readouterr().err
+
+
+def test_recorder_refuses_non_finite_settings(base, tmp_path, capsys):
+    _, path = base
+    out = tmp_path / "nan"
+    assert record_main(["--migm", str(path), "--out", str(out), "--count", "2", "--cfg", "nan", "--no-progress"]) == 2
+    assert "cfg must be a finite number" in capsys.readouterr().err and not (out / MANIFEST).exists()

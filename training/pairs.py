@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from shortcut_core import ShortcutConfig
+from shortcut_core.sampler import finite_number
 from shortcut_core import reveal_counts as maskgit_reveal_counts
 
 
@@ -48,8 +49,8 @@ class MaskGITRecipe:
         given = sorted(k for k, v in others.items() if v is not None)
         if given:
             raise ValueError(f"MaskGIT sampling has no option {', '.join(given)} (those are Lumina-DiMOO's)")
-        return {"schedule": schedule, "cfg": float(cfg), "sm_temp": float(sm_temp), "r_temp": float(r_temp),
-                "randomize": randomize}
+        return {"schedule": schedule, "cfg": finite_number("cfg", cfg), "sm_temp": finite_number("sm_temp", sm_temp),
+                "r_temp": finite_number("r_temp", r_temp), "randomize": randomize}
 
     def branches(self, sampler: dict) -> list[str]:
         return ["cond", "uncond"] if float(sampler.get("cfg", 0.0)) != 0 else ["cond"]
@@ -176,9 +177,9 @@ class DiMOORecipe:
         from shortcut_core.dimoo.prompt import token_grid
 
         token_grid(height, width)  # refuses sizes that are not multiples of 16
-        if float(temperature) < 0:
+        if finite_number("temperature", temperature) < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        return {"cfg": float(cfg), "temperature": float(temperature), "height": int(height), "width": int(width)}
+        return {"cfg": finite_number("cfg", cfg), "temperature": float(temperature), "height": int(height), "width": int(width)}
 
     def branches(self, sampler: dict) -> list[str]:
         return ["cond", "uncond"] if float(sampler.get("cfg", 0.0)) != 0 else ["cond"]

@@ -39,6 +39,7 @@ from .progress import ProgressBar
 from .trajectories import (
     FORMAT,
     MANIFEST,
+    TMP_SUFFIX,
     VERSION,
     ManifestError,
     ShardError,
@@ -92,6 +93,38 @@ class RecordResult:
         return (f"{state}: wrote {self.written} trajectories in {len(self.shards_written)} shards "
                 f"({human_bytes(self.bytes_written)}, {self.trajectories_per_second:.2f} traj/s); "
                 f"{self.already} were already on disk; {self.planned} planned in {self.out_dir}")
+
+
+class RecordingLock:
+    """An exclusive lock on a recording folder (``.record.lock``), held while a recorder writes.
+
+    A second recorder on the same folder is refused with the holder named. The operating
+    system drops the lock when its process ends, so a crashed recorder leaves no stale lock.
+    """
+
+    NAME = ".record.lock"
+
+    def __init__(self, root: Path):
+        import fcntl
+
+        self.path = Path(root) / self.NAME
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            raise ManifestError(f"{root} is being recorded by {holder}; wait for it to finish, or record into "
+                                f"another folder") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()} on {platform.node()} since {_now()}")
+        self.file.flush()
+
+    def release(self) -> None:
+        if not self.file.closed:
+            self.file.close()  # closing the descriptor drops the lock
 
 
 def derive_seed(seed: int, index: int) -> int:
@@ -286,111 +319,118 @@ def record_trajectories(
         "command": command or "",
         "software": _software(),
     }
+    lock = None
     if rank == 0:
         root.mkdir(parents=True, exist_ok=True)
-        for tmp in root.glob("*.tmp"):
-            tmp.unlink()  # leftovers of an interrupted write; the finished shards are never .tmp
-    if barrier is not None:
-        barrier()
-    done = _scan(root, plan, settings, verify, log)
-    mine = share(plan, rank, world_size)
-    todo = [p for p in mine if p[0] not in done]
-    mine_total = sum(n for _, _, n in mine)
-    already = sum(n for j, _, n in mine if j in done)
-    if rank == 0:
-        remaining_all = sum(n for j, _, n in plan if j not in done)
-        free = shutil.disk_usage(root).free
-        log(f"recording {count} trajectories of {migm.name} ({', '.join(branches)}; N={steps} steps, "
-            f"{schedule or migm.family}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
-            f"{human_bytes(bpt * count)} in all in {len(plan)} shards of {shard_size}; "
-            f"{sum(n for j, _, n in plan if j in done)} already on disk; about {human_bytes(bpt * remaining_all)} "
-            f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else ""))
-        if check_disk_space and bpt * remaining_all > free:
-            raise ManifestError(f"recording needs about {human_bytes(bpt * remaining_all)} but {root} has only "
-                                f"{human_bytes(free)} free; record fewer trajectories (--count), free space, "
-                                f"or pass --no-disk-check")
-        write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
-
-    result = RecordResult(out_dir=root, planned=count, mine=mine_total, already=already, written=0)
-    bar = ProgressBar(mine_total, desc=f"record[{rank}]" if world_size > 1 else "record", unit="traj",
-                      start=already, enabled=show_progress)
-    done_mine = already
-    if progress is not None:
-        progress(done_mine, mine_total)
-
-    def stop_requested() -> bool:
-        return should_stop is not None and bool(should_stop())
-
+        lock = RecordingLock(root)
+        # Leftovers of this tool's own interrupted writes; nothing else in the folder is touched.
+        for tmp in [*root.glob(f"shard-*.safetensors{TMP_SUFFIX}"), *root.glob(f"{MANIFEST}{TMP_SUFFIX}")]:
+            tmp.unlink()
     try:
-        for j, first, n in todo:
-            buffers = {b: torch.empty((n, steps, *shapes[b]), dtype=fdtype) for b in branches}
-            revealed = {b: torch.empty((n, shapes[b][0]), dtype=torch.int16) for b in branches}
-            conditions = {b: torch.empty(n, dtype=torch.int64) for b in branches}
-            final_ids = torch.empty((n, num_image_tokens), dtype=torch.int32)
-            seeds = torch.empty(n, dtype=torch.int64)
-            extra_tensors: dict[str, torch.Tensor] = {}  # family-specific per-branch tensors ({b}.{name})
-            for b0 in range(first, first + n, batch_size):
-                nb = min(batch_size, first + n - b0)
-                lo = b0 - first
-                batch_seed = derive_seed(seed, b0 // batch_size)
-                batch_conditions = [recipe.condition_of(conditions_spec, i) for i in range(b0, b0 + nb)]
-                last = {}
+        if barrier is not None:
+            barrier()
+        done = _scan(root, plan, settings, verify, log)
+        mine = share(plan, rank, world_size)
+        todo = [p for p in mine if p[0] not in done]
+        mine_total = sum(n for _, _, n in mine)
+        already = sum(n for j, _, n in mine if j in done)
+        if rank == 0:
+            remaining_all = sum(n for j, _, n in plan if j not in done)
+            free = shutil.disk_usage(root).free
+            log(f"recording {count} trajectories of {migm.name} ({', '.join(branches)}; N={steps} steps, "
+                f"{schedule or migm.family}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
+                f"{human_bytes(bpt * count)} in all in {len(plan)} shards of {shard_size}; "
+                f"{sum(n for j, _, n in plan if j in done)} already on disk; about {human_bytes(bpt * remaining_all)} "
+                f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else ""))
+            if check_disk_space and bpt * remaining_all > free:
+                raise ManifestError(f"recording needs about {human_bytes(bpt * remaining_all)} but {root} has only "
+                                    f"{human_bytes(free)} free; record fewer trajectories (--count), free space, "
+                                    f"or pass --no-disk-check")
+            write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
 
-                def collect(info, lo=lo, nb=nb, last=last):
-                    for b, feat in recipe.split_features(info.feats, branches, info.state).items():
-                        seq = feat.shape[1]  # shorter than the layout when the family pads (DiMOO)
-                        buffers[b][lo:lo + nb, info.step, :seq] = feat.to(fdtype).cpu()  # cast first: half the copy
-                        if seq < buffers[b].shape[2]:
-                            buffers[b][lo:lo + nb, info.step, seq:] = 0
-                    last["state"] = info.state
-                    if stop_requested():
-                        raise RecordingStopped
+        result = RecordResult(out_dir=root, planned=count, mine=mine_total, already=already, written=0)
+        bar = ProgressBar(mine_total, desc=f"record[{rank}]" if world_size > 1 else "record", unit="traj",
+                          start=already, enabled=show_progress)
+        done_mine = already
+        if progress is not None:
+            progress(done_mine, mine_total)
 
-                res = sample(migm, batch_conditions, steps=steps, seed=batch_seed, callback=collect, decode=False,
-                             **sampler)
-                records = recipe.branch_records(migm, last["state"], branches, shapes=shapes, first=b0,
-                                                conditions=conditions_spec)
-                for b, rec in records.items():
-                    revealed[b][lo:lo + nb] = rec["revealed_at"].to("cpu", torch.int16)
-                    conditions[b][lo:lo + nb] = rec["condition"].to("cpu", torch.int64)
-                    for key, t in rec.items():
-                        if key in ("revealed_at", "condition"):
-                            continue
-                        name = f"{b}.{key}"
-                        if name not in extra_tensors:
-                            extra_tensors[name] = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
-                        extra_tensors[name][lo:lo + nb] = t.cpu()
-                final_ids[lo:lo + nb] = recipe.final_ids(res).to("cpu", torch.int32)
-                seeds[lo:lo + nb] = batch_seed
-                done_mine += nb
-                bar.update(nb)
-                if progress is not None:
-                    progress(done_mine, mine_total)
-            tensors = {"final_ids": final_ids, "index": torch.arange(first, first + n, dtype=torch.int64),
-                       "seed": seeds}
-            for b in branches:
-                tensors[f"{b}.features"] = buffers[b]
-                tensors[f"{b}.revealed_at"] = revealed[b]
-                tensors[f"{b}.condition"] = conditions[b]
-            tensors.update(extra_tensors)
-            entry = write_shard(root / shard_name(j), tensors, first=first, count=n, fingerprint=migm.fingerprint)
-            done[j] = entry
-            result.written += n
-            result.shards_written.append(entry["file"])
-            result.bytes_written += entry["bytes"]
-            if rank == 0:
-                write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
-    except RecordingStopped:
-        result.interrupted = True
-        log(f"stopped on request; {len(done)} of {len(plan)} shards are complete; continue with --resume")
+        def stop_requested() -> bool:
+            return should_stop is not None and bool(should_stop())
+
+        try:
+            for j, first, n in todo:
+                buffers = {b: torch.empty((n, steps, *shapes[b]), dtype=fdtype) for b in branches}
+                revealed = {b: torch.empty((n, shapes[b][0]), dtype=torch.int16) for b in branches}
+                conditions = {b: torch.empty(n, dtype=torch.int64) for b in branches}
+                final_ids = torch.empty((n, num_image_tokens), dtype=torch.int32)
+                seeds = torch.empty(n, dtype=torch.int64)
+                extra_tensors: dict[str, torch.Tensor] = {}  # family-specific per-branch tensors ({b}.{name})
+                for b0 in range(first, first + n, batch_size):
+                    nb = min(batch_size, first + n - b0)
+                    lo = b0 - first
+                    batch_seed = derive_seed(seed, b0 // batch_size)
+                    batch_conditions = [recipe.condition_of(conditions_spec, i) for i in range(b0, b0 + nb)]
+                    last = {}
+
+                    def collect(info, lo=lo, nb=nb, last=last):
+                        for b, feat in recipe.split_features(info.feats, branches, info.state).items():
+                            seq = feat.shape[1]  # shorter than the layout when the family pads (DiMOO)
+                            buffers[b][lo:lo + nb, info.step, :seq] = feat.to(fdtype).cpu()  # cast first: half the copy
+                            if seq < buffers[b].shape[2]:
+                                buffers[b][lo:lo + nb, info.step, seq:] = 0
+                        last["state"] = info.state
+                        if stop_requested():
+                            raise RecordingStopped
+
+                    res = sample(migm, batch_conditions, steps=steps, seed=batch_seed, callback=collect, decode=False,
+                                 **sampler)
+                    records = recipe.branch_records(migm, last["state"], branches, shapes=shapes, first=b0,
+                                                    conditions=conditions_spec)
+                    for b, rec in records.items():
+                        revealed[b][lo:lo + nb] = rec["revealed_at"].to("cpu", torch.int16)
+                        conditions[b][lo:lo + nb] = rec["condition"].to("cpu", torch.int64)
+                        for key, t in rec.items():
+                            if key in ("revealed_at", "condition"):
+                                continue
+                            name = f"{b}.{key}"
+                            if name not in extra_tensors:
+                                extra_tensors[name] = torch.empty((n, *t.shape[1:]), dtype=t.dtype)
+                            extra_tensors[name][lo:lo + nb] = t.cpu()
+                    final_ids[lo:lo + nb] = recipe.final_ids(res).to("cpu", torch.int32)
+                    seeds[lo:lo + nb] = batch_seed
+                    done_mine += nb
+                    bar.update(nb)
+                    if progress is not None:
+                        progress(done_mine, mine_total)
+                tensors = {"final_ids": final_ids, "index": torch.arange(first, first + n, dtype=torch.int64),
+                           "seed": seeds}
+                for b in branches:
+                    tensors[f"{b}.features"] = buffers[b]
+                    tensors[f"{b}.revealed_at"] = revealed[b]
+                    tensors[f"{b}.condition"] = conditions[b]
+                tensors.update(extra_tensors)
+                entry = write_shard(root / shard_name(j), tensors, first=first, count=n, fingerprint=migm.fingerprint)
+                done[j] = entry
+                result.written += n
+                result.shards_written.append(entry["file"])
+                result.bytes_written += entry["bytes"]
+                if rank == 0:
+                    write_json_atomic(manifest_path, _manifest(settings, extra, done, plan))
+        except RecordingStopped:
+            result.interrupted = True
+            log(f"stopped on request; {len(done)} of {len(plan)} shards are complete; continue with --resume")
+        finally:
+            bar.close()
+        if barrier is not None and not result.interrupted:
+            barrier()
+        if rank == 0:
+            final = _scan(root, plan, settings, False, log)
+            write_json_atomic(manifest_path, _manifest(settings, extra, final, plan))
+            result.complete = len(final) == len(plan)
     finally:
-        bar.close()
-    if barrier is not None and not result.interrupted:
-        barrier()
-    if rank == 0:
-        final = _scan(root, plan, settings, False, log)
-        write_json_atomic(manifest_path, _manifest(settings, extra, final, plan))
-        result.complete = len(final) == len(plan)
+        if lock is not None:
+            lock.release()
     result.seconds = time.perf_counter() - t_start
     return result
 

@@ -31,10 +31,11 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from shortcut_core import load_migm, save_shortcut
-from shortcut_core.checkpoints import CheckpointError
+from shortcut_core.checkpoints import CheckpointError, refuse_overwriting
 
 from .data import PairBatch, PairStream, Recording, gather_pairs
 from .distributed import Dist, setup, share
@@ -340,6 +341,25 @@ def load_checkpoint(path: Path, d: Dist, model, ema, opt) -> dict:
     return record
 
 
+def load_newest_valid(path: Path, run_dir: Path, spec: str, d: Dist, model, ema, opt, log) -> tuple[dict, Path]:
+    """Load ``path``; with ``--resume`` (auto), a damaged newest checkpoint (truncated, malformed)
+    is skipped with a warning for the one before it."""
+    candidates = [path]
+    if spec == "auto":
+        candidates += [p for _, p in reversed(checkpoint_paths(run_dir)) if p != path]
+    for i, candidate in enumerate(candidates):
+        try:
+            return load_checkpoint(candidate, d, model, ema, opt), candidate
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, CheckpointError, TrainingError,
+                SafetensorError) as exc:
+            if i + 1 == len(candidates):
+                raise TrainingError(f"cannot resume: checkpoint {candidate} is damaged ({exc}) and no older one is "
+                                    f"readable; start a new run (another --run-dir)") from None
+            log(f"warning: checkpoint {candidate} is damaged ({type(exc).__name__}: {exc}); resuming from the one "
+                f"before it, {candidates[i + 1]}")
+    raise AssertionError("unreachable")
+
+
 def resolve_resume(spec: str | None, run_dir: Path) -> Path | None:
     if spec is None:
         return None
@@ -362,10 +382,12 @@ def resolve_resume(spec: str | None, run_dir: Path) -> Path | None:
 def train(args: argparse.Namespace, *, argv: Sequence[str] = (), should_stop: Callable[[int], bool] | None = None,
           dist: Dist | None = None) -> TrainResult:
     """Run training as the parsed CLI ``args`` say. ``should_stop(step)`` is asked before each iteration."""
+    out = Path(args.out)
+    data = [args.data] if isinstance(args.data, (str, Path)) else args.data
+    refuse_overwriting(out, args.migm, *data, what="--out")
     d = dist or setup(args.device)
     log = None
     try:
-        out = Path(args.out)
         run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(out)
         if d.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -443,7 +465,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     start = 0
     last_val = None
     if resume_path is not None:
-        record = load_checkpoint(resume_path, d, model, ema, opt)
+        record, resume_path = load_newest_valid(resume_path, run_dir, args.resume, d, model, ema, opt, log)
         changed = [k for k in EXACT_KEYS if record["exact"].get(k) != exact[k]]
         if changed:
             detail = "; ".join(f"{k}: checkpoint {record['exact'].get(k)!r}, now {exact[k]!r}" for k in changed)
@@ -513,6 +535,10 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
         if d.any(err is not None):
             raise stop_for_damage(err, step) from err
         v = summarize(d.all_reduce_sum(sums))
+        if v["positions"] == 0:
+            log(f"warning: no validation data could be read at iteration {step} (every held-out shard was skipped: "
+                f"{', '.join(sorted(recording.bad)) or 'none readable'}); the saved shortcut carries no validation")
+            return None
         log(f"validation at iteration {step} (EMA weights, {v['positions']} masked positions, single step): "
             f"cos {v['cos']:.4f} "
             f"(copy {v['copy_cos']:.4f}), mse {v['mse']:.4g} (copy {v['copy_mse']:.4g}), ratio {v['mse_ratio']:.3f}\n"

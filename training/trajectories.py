@@ -88,6 +88,9 @@ def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+TMP_SUFFIX = ".migm-partial"  # only files this tool writes end in it, so only those are ever cleaned up
+
+
 def write_shard(path, tensors: dict[str, torch.Tensor], *, first: int, count: int, fingerprint: str) -> dict:
     """Write one shard atomically (temporary file, fsync, rename); returns its manifest entry."""
     path = Path(path)
@@ -95,7 +98,7 @@ def write_shard(path, tensors: dict[str, torch.Tensor], *, first: int, count: in
     checksum = tensors_checksum(tensors)
     meta = {"format": FORMAT, "version": str(VERSION), "first": str(first), "count": str(count),
             "fingerprint": fingerprint, "checksum": checksum}
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         save_file(tensors, str(tmp), metadata=meta)
         with open(tmp, "rb+") as f:
@@ -166,7 +169,7 @@ def load_shard(path, *, verify: bool = True) -> dict[str, torch.Tensor]:
 
 def write_json_atomic(path, data: dict) -> None:
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(path.name + TMP_SUFFIX)
     with open(tmp, "w") as f:
         f.write(dumps_readable(data))
         f.flush()
@@ -198,10 +201,12 @@ def read_manifest(root) -> dict:
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path} is not valid JSON ({exc}); run `python -m training.record --resume --out {root}` "
-                            f"to rewrite it from the shards") from None
-    if manifest.get("format") != FORMAT:
-        raise ManifestError(f"{path} is not a {FORMAT} manifest (format {manifest.get('format')!r})")
+        raise ManifestError(f"{path} is not valid JSON ({exc}). The recording's settings live only in it, so it "
+                            f"cannot be rebuilt from the shards (they are intact): restore it from a copy, or "
+                            f"record into a new folder") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise ManifestError(f"{path} is not a {FORMAT} manifest (format {found!r})")
     if int(manifest.get("version", 0)) > VERSION:
         raise ManifestError(f"{path} has format version {manifest.get('version')}; this code reads up to {VERSION}")
     return manifest

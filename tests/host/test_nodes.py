@@ -194,7 +194,9 @@ def test_help_pages_are_served(comfy):
 
 
 def widget_names(node_info: dict) -> list[str]:
-    """The editor's widgets_values order: widget inputs in schema order, a seed's control value after it."""
+    """The editor's widgets_values order: widget inputs in schema order, a control value after every
+    INT declared with control_after_generate and, as ComfyUI's frontend does, after every INT named
+    ``seed`` or ``noise_seed`` whether declared or not."""
     names = []
     order = node_info.get("input_order", {})
     for section in ("required", "optional"):
@@ -202,7 +204,7 @@ def widget_names(node_info: dict) -> list[str]:
             kind, spec = (list(node_info["input"][section][name]) + [{}])[:2]
             if kind in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO") or isinstance(kind, list):
                 names.append(name)
-                if spec.get("control_after_generate"):
+                if spec.get("control_after_generate") or (kind == "INT" and name in ("seed", "noise_seed")):
                     names.append("control_after_generate")
     return names
 

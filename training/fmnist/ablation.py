@@ -4,7 +4,7 @@ For every shortcut file it reads the held-out validation its training wrote into
 (single-step MSE ratio to copy-previous, and after 2..k chained shortcut steps), times one
 shortcut step against one full step (head and sampling included), and samples a small
 FD-FMNIST check of shortcut N/B against plain N and plain B in both regimes, with the same
-seeds for every candidate. Writes a markdown table (and JSON) for ``docs/results``.
+seeds for every candidate (with the file's calibrated placement for N/B when it has one). Writes a markdown table (and JSON) for ``docs/results``.
 
     python -m training.fmnist.ablation A.safetensors B.safetensors --names a,b --out runs/fmnist/ablation.md
 """
@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from shortcut_core import generate, load_migm, load_shortcut
+from shortcut_core.placement import calibrated_indices
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_fmnist, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_costs, to_uint8
@@ -29,7 +30,8 @@ def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: 
     out, seconds = [], 0.0
     for chunk in range(-(-images // batch)):
         r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
-                     shortcut=shortcut if full is not None else None, seed=chunk)
+                     shortcut=shortcut if full is not None else None, seed=chunk,
+                     placement="calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper")
         out.append(to_uint8(r.images))
         seconds += r.stats.seconds
     import numpy as np
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, path in zip(names, args.shortcuts):
         shortcut = load_shortcut(path, migm)
         row = {"name": name, "file": str(path), **describe(shortcut)}
+        row["placement"] = calibrated_indices(shortcut, n, b) or "paper"
         row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
         row["fd"] = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref)[0]
                      for regime in REGIMES}
@@ -92,15 +95,18 @@ def main(argv: list[str] | None = None) -> dict:
              f"{args.images} images is biased upwards: compare rows of this table only). Plain N={n}: FD "
              f"{baselines[('cond', n)][0]:.2f} (cond) / {baselines[('uncond', n)][0]:.2f} (uncond); plain N={b}: "
              f"{baselines[('cond', b)][0]:.2f} / {baselines[('uncond', b)][0]:.2f}.", "",
-             "| candidate | params | width x blocks | iters | rollout | input noise | cos weight | val MSE ratio, "
+             "| candidate | params | width x blocks | iters | rollout | input noise | cos weight | placement | "
+             "val MSE ratio, "
              "1 step | " + " | ".join(f"after {k} chained" for k in chain_depths) +
              f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond | FD {n}/{b} uncond |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|"]
     for r in rows:
         single = f"{r['val_single']:.3f}" if r["val_single"] is not None else "-"
         chains = " | ".join(f"{r['val_chain'][k]:.3f}" if k in r["val_chain"] else "-" for k in chain_depths)
         lines.append(f"| {r['name']} | {r['parameters']:,} | {r['width']} x {r['n_block']} | {r['iters']} | "
-                     f"{r['rollout']} | {r['input_noise']} | {r['cos_weight']} | {single} | {chains} | "
+                     f"{r['rollout']} | {r['input_noise']} | {r['cos_weight']} | "
+                     f"{r['placement'] if r['placement'] == 'paper' else ','.join(map(str, r['placement']))} | "
+                     f"{single} | {chains} | "
                      f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} | "
                      f"{r['fd']['uncond']:.2f} |")
     out = Path(args.out)

@@ -60,6 +60,7 @@ SAME_N_TOLERANCE = 0.03
 class Setting:
     steps: int
     full: int  # B; == steps for plain sampling
+    placement: str = "paper"  # or "calibrated": the shortcut file's own placement for (N, B)
 
     @property
     def plain(self) -> bool:
@@ -67,22 +68,28 @@ class Setting:
 
     @property
     def key(self) -> str:
-        return f"plain_N{self.steps}" if self.plain else f"shortcut_N{self.steps}_B{self.full}"
+        if self.plain:
+            return f"plain_N{self.steps}"
+        return f"shortcut_N{self.steps}_B{self.full}" + ("_cal" if self.placement == "calibrated" else "")
 
     @property
     def label(self) -> str:
-        return f"plain N={self.steps}" if self.plain else f"shortcut N={self.steps} B={self.full}"
+        if self.plain:
+            return f"plain N={self.steps}"
+        return f"shortcut N={self.steps} B={self.full}" + (" calibrated" if self.placement == "calibrated" else "")
 
 
 def parse_settings(plain: str, shortcut: str) -> list[Setting]:
-    """"4,8" and "16:3,16:5" -> settings (plain first)."""
+    """"4,8" and "16:3,16:5,16:4c" -> settings (plain first; a trailing c: calibrated placement)."""
     out = [Setting(int(n), int(n)) for n in plain.split(",") if n.strip()]
     for item in shortcut.split(","):
-        if item.strip():
-            n, b = item.split(":")
+        item = item.strip()
+        if item:
+            calibrated = item.endswith("c")
+            n, b = item.rstrip("c").split(":")
             if not 1 <= int(b) < int(n):
                 raise ValueError(f"shortcut setting {item!r}: need 1 <= B < N")
-            out.append(Setting(int(n), int(b)))
+            out.append(Setting(int(n), int(b), "calibrated" if calibrated else "paper"))
     return out
 
 
@@ -174,7 +181,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
             text = f"N{r['steps']}"
         else:
             d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=color)
-            text = f"{r['steps']}/{r['full_steps']}"
+            text = f"{r['steps']}/{r['full_steps']}" + ("c" if r["key"].endswith("_cal") else "")
         if i in front:
             d.ellipse([x - 9, y - 9, x + 9, y + 9], outline=(0, 160, 0), width=2)
         d.text((x + 8, y - 12), text, fill=color, font=font)
@@ -233,7 +240,7 @@ def step_costs(migm, shortcut, batch: int, repeats: int, regime: str = "cond", s
 def run_chunk(migm, shortcut, setting: Setting, regime: str, chunk: int, batch: int, seed: int) -> dict:
     classes = regime_classes(regime, batch)
     result = generate(migm, classes, steps=setting.steps, full_steps=None if setting.plain else setting.full,
-                      shortcut=None if setting.plain else shortcut, seed=seed + chunk)
+                      shortcut=None if setting.plain else shortcut, seed=seed + chunk, placement=setting.placement)
     labels = classes if regime == "cond" else [-1] * batch
     return {"images": to_uint8(result.images), "classes": np.asarray(labels), "seconds": result.stats.seconds,
             "decode_seconds": result.stats.decode_seconds, "base_passes": result.stats.base_passes,
@@ -346,7 +353,18 @@ def targets(results: list[dict]) -> dict:
         if t:
             t["met"] = t["fd_shortcut"] < t["fd_plain"] - (t["noise"] or 0.0)
             equal.append(t)
+    calibrated = []
+    for c in (r for r in results if r["key"].endswith("_cal")):
+        t = pair(c["key"], c["key"].removesuffix("_cal"))
+        if t:
+            t["placements"] = {"calibrated": c["full_step_indices"],
+                               "paper": by_key[t["plain"]]["full_step_indices"]}
+            noise = t["noise"] or 0.0
+            t["verdict"] = ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
+                            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+            calibrated.append(t)
     return {
+        "calibrated_vs_paper": calibrated,
         "iso_quality": iso, "best_iso_quality": best_iso,
         "target_2x_met": bool(best_iso and best_iso["speedup"] >= 2),
         "same_n": same_n, "target_same_n_met": bool(same_n) and all(t["met"] for t in same_n),
@@ -395,6 +413,11 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
         lines.append(f"- >= 2x faster than every plain setting of equal or better FD ({results[0]['fd_images']}-image "
                      f"column): **{'met' if checks['target_2x_met'] else 'not met'}**; best: `{best['shortcut']}` runs "
                      f"at {best['speedup']:.2f}x the speed of `{best['plain']}` ({best['note']}).")
+    for t in checks.get("calibrated_vs_paper", []):
+        noise = f"{t['noise']:.2f}" if t["noise"] is not None else "n/a"
+        lines.append(f"- calibrated placement {t['placements']['calibrated']} vs the paper's "
+                     f"{t['placements']['paper']} at the same N and B: FD {t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} "
+                     f"({t['fd_rel'] * 100:+.1f} %, block noise {noise}): **{t['verdict']}**.")
     grids = [r for r in results if r.get("grid")]
     if grids:
         lines += ["", "Samples (the same seeds in every grid): " + ", ".join(
