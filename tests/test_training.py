@@ -446,7 +446,9 @@ def test_a_second_recorder_on_the_same_folder_is_refused(base, tmp_path):
     with pytest.raises(ManifestError, match=r"is being recorded by pid \d+"):
         record_trajectories(migm, out, count=4, **REC)
     held.release()  # the holder ends (a crash drops the lock the same way)
+    assert not (out / RecordingLock.NAME).exists()
     assert record_trajectories(migm, out, count=4, **REC).complete
+    assert not (out / RecordingLock.NAME).exists()  # the finished folder holds the recording only
 
 
 def test_outputs_never_overwrite_inputs(base, dataset, tmp_path, capsys):

@@ -108,22 +108,34 @@ class RecordingLock:
         import fcntl
 
         self.path = Path(root) / self.NAME
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "another process"
+                self.file.close()
+                raise ManifestError(f"{root} is being recorded by {holder}; wait for it to finish, or record "
+                                    f"into another folder") from None
+            # A releasing holder unlinks the file; a lock won on that old file guards nothing.
+            if self._still_linked():
+                break
             self.file.close()
-            raise ManifestError(f"{root} is being recorded by {holder}; wait for it to finish, or record into "
-                                f"another folder") from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()} on {platform.node()} since {_now()}")
         self.file.flush()
 
+    def _still_linked(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def release(self) -> None:
         if not self.file.closed:
+            self.path.unlink(missing_ok=True)  # leave the folder as the recording alone
             self.file.close()  # closing the descriptor drops the lock
 
 
