@@ -66,9 +66,22 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    _refuse_non_checkpoint(path)
     unsafe: list[str] = []
     if zipfile.is_zipfile(path):
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise CheckpointError(f"{path} is a damaged zip archive ({exc}); fetch the file again") from None
+        if not any(n.endswith("/data.pkl") for n in names):
+            raise CheckpointError(f"{path} is a zip archive but not a PyTorch checkpoint (no data.pkl among "
+                                  f"{names[:3]}); point to the checkpoint itself, not an archive holding it")
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as exc:  # a damaged torch archive
+            raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({_refusal_reason(path, exc)}); "
+                                  f"fetch the file again") from None
     refused = [g for g in unsafe if not g.startswith(PLACEHOLDER_MODULES)]
     if refused:
         raise CheckpointError(
@@ -86,10 +99,23 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
         ) from None
 
 
+def _refuse_non_checkpoint(path: Path) -> None:
+    """torch.save writes a zip archive (a bare pickle before torch 1.6); anything else is the wrong file."""
+    with open(path, "rb") as f:
+        head = f.read(32)
+    if not head:
+        raise CheckpointError(f"{path} is empty: an interrupted download or copy? Fetch the file again")
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        return
+    printable = sum(32 <= b < 127 or b in (9, 10, 13) for b in head) == len(head)
+    what = f"text starting {head[:24].decode('ascii', 'replace')!r}" if printable else f"bytes {head[:8].hex(' ')}"
+    raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save files are zip archives; this holds {what}"
+                          f"{', an HTML error page instead of the weights?' if b'<' in head[:2] else ''}); "
+                          f"point to the .pth/.pt/.ckpt/.safetensors file itself")
+
+
 def _refusal_reason(path: Path, exc: Exception) -> str:
     """One line from torch's multi-paragraph refusal, without its colours or its advice to turn safety off."""
-    if path.stat().st_size == 0:
-        return "the file is empty"
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     wanted = [line for line in lines if "Unsupported" in line or "unsupported" in line]
@@ -179,7 +205,12 @@ def load_safetensors(path: str | os.PathLike, device="cpu") -> tuple[dict, dict]
                 tensors[k] = f.get_tensor(k)
     except Exception as exc:
         raise CheckpointError(f"{path} is not a readable .safetensors file ({exc}); re-download or re-convert it") from exc
-    return tensors, read_safetensors_metadata(path)
+    meta = read_safetensors_metadata(path)
+    if "kind" in meta and not isinstance(meta.get("config"), dict):
+        found = "no config" if "config" not in meta else f"an unreadable config {str(meta['config'])[:40]!r}"
+        raise CheckpointError(f"{path} says it is a {meta['kind']!r} file but holds {found}: it is damaged or was not "
+                              f"written by shortcut_core; re-convert it from the original checkpoint")
+    return tensors, meta
 
 
 def load_any_state_dict(path: str | os.PathLike) -> tuple[dict, dict]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import typing
 from typing import Any, Mapping
 
 
@@ -13,6 +15,8 @@ class JsonConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{cls.__name__} must be a JSON object, got {str(d)[:60]!r}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -22,4 +26,30 @@ class JsonConfig:
         missing = sorted(required - set(d))
         if missing:
             raise ValueError(f"{cls.__name__} is missing fields {missing}")
-        return cls(**d)
+        hints = typing.get_type_hints(cls)
+        for name, value in d.items():
+            _check_field(cls.__name__, name, hints[name], value)
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def _check_field(owner: str, name: str, hint, value) -> None:
+    """JSON from a file is untrusted: sizes must be whole and non-negative before a tensor is made of them."""
+    def fail(what):
+        raise ValueError(f"{owner} field {name!r} must be {what}, got {value!r}")
+
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+    elif hint is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            fail("a whole number >= 0")
+    elif hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            fail("a finite number >= 0")
+    elif hint is str:
+        if not isinstance(value, str):
+            fail("a string")
+    elif typing.get_origin(hint) is tuple:
+        if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0
+                                                       for v in value):
+            fail("a list of whole numbers >= 0")

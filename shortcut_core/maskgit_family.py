@@ -112,6 +112,8 @@ class MaskGITMIGM:
         o = {k: (self.sampling_defaults[k] if v is None else v) for k, v in given.items()}
         for key in ("cfg", "sm_temp", "r_temp"):
             o[key] = finite_number(key, o[key])
+        if o["sm_temp"] < 0 or o["r_temp"] < 0:
+            raise ValueError(f"temperatures must be >= 0, got sm_temp {o['sm_temp']}, r_temp {o['r_temp']}")
         if o["randomize"] not in ("linear", "none"):
             raise ValueError(f"randomize must be 'linear' or 'none', got {o['randomize']!r}")
         classes = self.resolve_classes(classes, batch)
@@ -178,6 +180,12 @@ class MaskGITMIGM:
         state.new_ids, state.new_positions = new_ids, new_positions
         state.num_masked = m - n
         state.mask_ratio = torch.full((B,), (m - n) / c.num_image_tokens, device=self.device)
+
+    def head_logits(self, feats: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """Logits of the base model's head at the positions ``where`` (B, T) marks, (n, codes):
+        what a training loss on the token distributions compares. Only image positions may be marked."""
+        rows, positions = where.nonzero(as_tuple=True)
+        return self.model.head(feats[rows, positions], positions)
 
     def final_tokens(self, state: MaskGITState) -> torch.Tensor:
         return state.tokens.reshape(state.batch, self.config.grid, self.config.grid)

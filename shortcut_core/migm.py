@@ -20,6 +20,7 @@ from .checkpoints import (
     extract_state_dict,
     save_safetensors,
 )
+from .devices import resolve_device, resolve_dtype
 from .maskgit import MASKGIT_PRESETS, MaskGIT, MaskGITConfig
 from .maskgit_family import MaskGITMIGM
 from .vqgan import VQGAN, VQGANConfig, infer_vqgan_config, parse_taming_yaml
@@ -81,7 +82,7 @@ def load_migm(path: str | os.PathLike, vq_path: str | os.PathLike | None = None,
     describes a bare pickle that matches no published preset.
     """
     path = Path(path)
-    device = torch.device(device)
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
     if path.is_dir():
         from .dimoo.loader import load_dimoo_folder  # only DiMOO users pay for its imports
 

@@ -25,6 +25,16 @@ def finite_number(name: str, value) -> float:
     return float(value)
 
 
+def whole_number(name: str, value, minimum: int | None = None) -> int:
+    """An integer setting; booleans, floats (even 2.0) and strings are refused by name, not truncated."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{name} must be a whole number, got {value!r}")
+    value = int(value.__index__())
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
 def check_options(migm, options: dict) -> None:
     """Refuse option names the family's ``start`` does not take, listing the ones it does."""
     accepted = [n for n, p in inspect.signature(migm.start).parameters.items()
@@ -33,6 +43,15 @@ def check_options(migm, options: dict) -> None:
     if unknown:
         raise TypeError(f"unknown sampling option(s) {', '.join(map(repr, unknown))} for a {migm.family} model; "
                         f"valid: {', '.join(accepted)}")
+
+
+def check_same_place(migm, shortcut) -> None:
+    """The shortcut feeds the base model's head: it must sit on the same device, in the same dtype."""
+    param = next(shortcut.parameters(), None)
+    if param is not None and (param.device != migm.device or param.dtype != migm.dtype):
+        raise ValueError(f"the shortcut is {str(param.dtype).removeprefix('torch.')} on {param.device} but the MIGM is "
+                         f"{str(migm.dtype).removeprefix('torch.')} on {migm.device}; load the shortcut after moving "
+                         f"the MIGM (load_shortcut follows it) or call shortcut.to(device, dtype)")
 
 
 def gumbel_noise(shape, generator: torch.Generator, device) -> torch.Tensor:
@@ -157,6 +176,13 @@ def sample(
     to the family (guidance, temperatures, schedule ...).
     """
     check_options(migm, options)
+    steps = whole_number("steps", steps, 1)
+    seed = whole_number("seed", seed)
+    if full_steps is not None and not isinstance(full_steps, str):
+        if hasattr(full_steps, "__iter__"):
+            full_steps = [whole_number("full-step list entry", v) for v in full_steps]
+        else:
+            full_steps = whole_number("full_steps", full_steps)
     full_list = resolve_full_steps(steps, full_steps)
     calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut)
     if calibrated is not None:
@@ -165,6 +191,7 @@ def sample(
         full_list = list(range(steps))
     else:
         migm.check_shortcut(shortcut)
+        check_same_place(migm, shortcut)
     full_set = set(full_list)
     generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
     state = migm.start(conditions, steps=steps, generator=generator, **options)

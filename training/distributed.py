@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import torch
 import torch.distributed as dist
 
+from shortcut_core.devices import resolve_device
+
 
 @dataclass
 class Dist:
@@ -80,12 +82,12 @@ def pick_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:LOCAL_RANK`` when a GPU is there, else the CPU."""
     if spec == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {spec}: this machine has no usable CUDA GPU; use --device cpu")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
+    try:
+        device = resolve_device(spec)
+    except ValueError as exc:
+        raise ValueError(f"--device: {exc}") from None
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
     return device
 
 

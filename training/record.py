@@ -567,7 +567,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    d = setup(args.device)
+    try:
+        d = setup(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     log = print if d.is_main else (lambda msg: None)
     try:
         manifest = None

@@ -20,6 +20,7 @@ import argparse
 import copy
 import inspect
 import json
+import math
 import os
 import shlex
 import sys
@@ -90,7 +91,7 @@ def shortcut_config_from_args(args, dim: int, recipe, base=None):
     defaults = recipe.architecture_defaults(base)
     heads = args.heads if args.heads is not None else defaults["heads"]
     mlp_ratio = args.mlp_ratio if args.mlp_ratio is not None else defaults["mlp_ratio"]
-    width = args.width if args.width else round(dim / args.bottleneck_ratio)
+    width = args.width if args.width is not None else round(dim / args.bottleneck_ratio)
     if width < 1 or width % heads:
         raise ValueError(f"shortcut width {width} (feature width {dim} / bottleneck ratio {args.bottleneck_ratio}) "
                          f"is not a positive multiple of --heads {heads}; pick --width or --heads to fit")
@@ -160,16 +161,20 @@ class RunLog:
 # -- validation --------------------------------------------------------------------
 
 
+VAL_COLUMNS = 8
+
+
 @torch.no_grad()
 def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: int, device, autocast,
-             skip_bad: bool, log, chain: int = 1) -> torch.Tensor:
-    """Sums (chain, N-1, 6) of cos pred, cos copy, positions, sq err pred, sq err copy, elements.
+             skip_bad: bool, log, chain: int = 1, head_logits=None) -> torch.Tensor:
+    """Sums (chain, N-1, 8) of cos pred, cos copy, positions, sq err pred, sq err copy, elements,
+    and, given the base model's ``head_logits``, KL(head on target || head on pred) and the same for copy.
 
     Entry [j-1, t] is the pair t -> t+1 predicted after j chained shortcut steps from the
     recorded (full-step) feature at t+1-j, as sampling chains them; the copy columns are the
     single-step copy-previous baseline of the same pair (feature t for t+1).
     """
-    sums = torch.zeros(chain, recording.steps - 1, 6, dtype=torch.float64)
+    sums = torch.zeros(chain, recording.steps - 1, VAL_COLUMNS, dtype=torch.float64)
     was_training = model.training
     model.eval()
     for k in sorted(rows):
@@ -195,9 +200,14 @@ def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: 
                         cos_c = F.cosine_similarity(prev, target, dim=-1)[m]
                         se_p = ((pred - target) ** 2)[m]
                         se_c = ((prev - target) ** 2)[m]
+                        kl_p = kl_c = 0.0
+                        if head_logits is not None and bool(m.any()):
+                            log_q = F.log_softmax(head_logits(target, m).float(), dim=-1)
+                            kl_p = token_kl(head_logits(pred, m), log_q).item()
+                            kl_c = token_kl(head_logits(prev, m), log_q).item()
                         sums[depth, s + depth] += torch.tensor(
                             [cos_p.sum().item(), cos_c.sum().item(), float(m.sum()), se_p.sum().item(),
-                             se_c.sum().item(), float(se_p.numel())], dtype=torch.float64)
+                             se_c.sum().item(), float(se_p.numel()), kl_p, kl_c], dtype=torch.float64)
                         prev = target
     model.train(was_training)
     return sums
@@ -214,6 +224,8 @@ def summarize(sums: torch.Tensor) -> dict:
         d = {"cos": t[0].item() / pos, "copy_cos": t[1].item() / pos, "mse": t[3].item() / el,
              "copy_mse": t[4].item() / el, "positions": int(t[2].item())}
         d["mse_ratio"] = d["mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
+        if t.shape[0] > 7 and t[7] > 0:  # measured with the base model's head
+            d["kl"], d["copy_kl"] = t[6].item() / pos, t[7].item() / pos
         return d
 
     def table(depth_sums):
@@ -240,18 +252,43 @@ def format_val(v: dict) -> str:
                      f"{r['mse_ratio']:>7.3f}{extra}")
     for k, c in chains:
         lines.append(f"  after {k} chained steps: mse ratio {c['mse_ratio']:.3f} (vs single-step copy-previous), "
-                     f"cos {c['cos']:.4f}")
+                     f"cos {c['cos']:.4f}" + (f", token KL {c['kl']:.4g}" if "kl" in c else ""))
     return "\n".join(lines)
 
 
-def step_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cos_weight: float) -> torch.Tensor:
-    """Masked MSE, plus ``cos_weight`` x (1 - cosine similarity) over the same positions."""
+def step_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cos_weight: float = 0.0,
+              kl_weight: float = 0.0, head_logits=None) -> torch.Tensor:
+    """Masked MSE, plus ``cos_weight`` x (1 - cosine similarity) and ``kl_weight`` x KL(base head on
+    the target || base head on the prediction), both over the same positions.
+
+    The KL term weighs feature errors by what they change in the next step's token distribution:
+    the MSE treats every direction of the feature alike, sampling only sees the head's output.
+    """
     loss = masked_mse(pred, target, mask)
     if cos_weight:
         cos = F.cosine_similarity(pred, target, dim=-1)  # (B, T)
         m = mask.to(cos.dtype)
         loss = loss + cos_weight * ((1 - cos) * m).sum() / m.sum().clamp(min=1)
+    if kl_weight and bool(mask.any()):
+        with torch.no_grad():
+            log_q = F.log_softmax(head_logits(target, mask).float(), dim=-1)
+        loss = loss + kl_weight * token_kl(head_logits(pred, mask), log_q) / log_q.shape[0]
     return loss
+
+
+def token_kl(logits: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
+    """Summed KL(target || softmax(logits)) over rows of token distributions."""
+    return F.kl_div(F.log_softmax(logits.float(), dim=-1), log_target, log_target=True, reduction="sum")
+
+
+def head_logits_for(migm):
+    """The base model's head, frozen, for the KL term; refuses families that do not expose it."""
+    if not hasattr(migm, "head_logits"):
+        raise ValueError(f"--kl-weight needs the base model's head, which the {type(migm).__name__} adapter does "
+                         f"not expose for training; train without --kl-weight")
+    for p in migm.model.parameters():
+        p.requires_grad_(False)
+    return migm.head_logits
 
 
 def noisy(feats: torch.Tensor, scale: float) -> torch.Tensor:
@@ -430,6 +467,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
 
     torch.manual_seed(args.seed)
     model = migm.build_shortcut(config)  # refuses features of another width than the base model's
+    terms = (args.cos_weight, args.kl_weight, head_logits_for(migm) if args.kl_weight else None)
     if args.init == "zero-out":
         torch.nn.init.zeros_(model.proj_out.weight)  # start as the copy-previous baseline
         torch.nn.init.zeros_(model.proj_out.bias)
@@ -456,7 +494,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
              "shortcut_config": config.to_dict(), "init": args.init}
     settings = {k: getattr(args, k) for k in ("iters", "lr", "weight_decay", "lr_decay", "lr_decay_at", "ema",
                                               "grad_clip", "autocast", "val_every", "ckpt_every", "log_every",
-                                              "rollout", "input_noise", "cos_weight", "val_chain")}
+                                              "rollout", "input_noise", "cos_weight", "kl_weight", "val_chain")}
     n_train = sum(len(v) for v in train_rows.values())
     n_val = sum(len(v) for v in val_rows.values())
     shard_names = [recording.shard_name(k) for k in range(len(recording.shards))]
@@ -526,10 +564,11 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
         if not val_rows:
             return None
         err = None
-        sums = torch.zeros(args.val_chain, recording.steps - 1, 6, dtype=torch.float64)
+        sums = torch.zeros(args.val_chain, recording.steps - 1, VAL_COLUMNS, dtype=torch.float64)
         try:
             sums = evaluate(ema, recording, my_val, batch=args.val_batch or args.batch, device=d.device,
-                            autocast=autocast, skip_bad=args.skip_bad_shards, log=log, chain=args.val_chain)
+                            autocast=autocast, skip_bad=args.skip_bad_shards, log=log, chain=args.val_chain,
+                            head_logits=getattr(migm, "head_logits", None))
         except ShardError as exc:
             err = exc
         if d.any(err is not None):
@@ -541,7 +580,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             return None
         log(f"validation at iteration {step} (EMA weights, {v['positions']} masked positions, single step): "
             f"cos {v['cos']:.4f} "
-            f"(copy {v['copy_cos']:.4f}), mse {v['mse']:.4g} (copy {v['copy_mse']:.4g}), ratio {v['mse_ratio']:.3f}\n"
+            f"(copy {v['copy_cos']:.4f}), mse {v['mse']:.4g} (copy {v['copy_mse']:.4g}), ratio {v['mse_ratio']:.3f}"
+            + (f", token KL {v['kl']:.4g} (copy {v['copy_kl']:.4g})" if "kl" in v else "") + "\n"
             + format_val(v))
         log.metrics({"event": "val", "step": step, **v})
         return v
@@ -575,13 +615,13 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             with sync:
                 with autocast():
                     pred = net(noisy(b.prev, args.input_noise), **b.inputs)
-                loss = step_loss(pred.float(), b.target, b.loss_mask, args.cos_weight)
+                loss = step_loss(pred.float(), b.target, b.loss_mask, *terms)
                 # Rollout: the shortcut consumes its own prediction, as at inference. Later steps call
                 # the bare module: DDP reduces each parameter's gradient once, after all its uses.
                 for target, inputs, mask in b.later:
                     with autocast():
                         pred = model(pred, **inputs)
-                    loss = loss + step_loss(pred.float(), target, mask, args.cos_weight)
+                    loss = loss + step_loss(pred.float(), target, mask, *terms)
                 loss = loss / b.span
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -631,6 +671,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             "training": {**settings, **{k: v for k, v in exact.items() if k != "shortcut_config"},
                          "pairs_per_iteration": pairs_per_iter, "device": str(d.device),
                          "loss": "masked MSE" + (f" + {args.cos_weight} x (1 - cos)" if args.cos_weight else "")
+                         + (f" + {args.kl_weight} x KL(head)" if args.kl_weight else "")
                          + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")},
             "data": {"path": [str(r) for r in recording.roots], "base_fingerprint": recording.fingerprint,
                      "trajectories": recording.num_trajectories, "train_trajectories": n_train,
@@ -692,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Gaussian noise on the input feature, as a fraction of its RMS per position (default 0)")
     g.add_argument("--cos-weight", type=float, default=0.0,
                    help="add this weight x (1 - cosine similarity) on the masked positions to the MSE (default 0)")
+    g.add_argument("--kl-weight", type=float, default=0.0,
+                   help="add this weight x KL divergence between the base model's head on the target and on the "
+                        "predicted feature, at the masked positions (default 0; the reference's optional logit term)")
     g.add_argument("--window", type=int, default=4, help="shards held in memory and shuffled together (default 4)")
     g = p.add_argument_group("shortcut architecture (paper defaults: bottleneck ratio 2, 1 block, 16 heads; "
                              "DiMOO: ratio 2, 1 block, the base model's heads)")
@@ -723,18 +767,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    for name in ("iters", "batch", "accum", "n_block", "heads", "mlp_ratio", "log_every", "rollout", "val_chain"):
+    """Every option a user can get wrong, by name, before any file is touched."""
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("iters", "batch", "accum", "n_block", "heads", "mlp_ratio", "log_every", "rollout", "val_chain",
+                 "window", "width", "val_batch", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= args.ema < 1:
-        raise ValueError(f"--ema {args.ema} must be in [0, 1)")
-    if not 0 <= args.val_fraction < 1:
-        raise ValueError(f"--val-fraction {args.val_fraction} must be in [0, 1)")
-    for name in ("input_noise", "cos_weight"):
-        if not getattr(args, name) >= 0:  # also refuses NaN
-            raise ValueError(f"--{name.replace('_', '-')} must be a number >= 0, got {getattr(args, name)}")
-    if args.bottleneck_ratio <= 0:
-        raise ValueError("--bottleneck-ratio must be positive")
+            raise ValueError(f"{flag(name)} must be at least 1, got {getattr(args, name)}")
+    for name in ("val_every", "ckpt_every", "keep_ckpts", "val_max"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"{flag(name)} must be >= 0, got {getattr(args, name)}")
+    for name in ("lr", "lr_decay", "bottleneck_ratio"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
+            raise ValueError(f"{flag(name)} must be a finite number > 0, got {getattr(args, name)}")
+    for name in ("weight_decay", "grad_clip", "input_noise", "cos_weight", "kl_weight"):
+        if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
+            raise ValueError(f"{flag(name)} must be a finite number >= 0, got {getattr(args, name)}")
+    for name in ("ema", "val_fraction", "dropout"):
+        if not 0 <= getattr(args, name) < 1:  # also refuses NaN
+            raise ValueError(f"{flag(name)} must be in [0, 1), got {getattr(args, name)}")
+    try:
+        [int(m) for m in str(args.lr_decay_at).split(",") if m.strip()]
+    except ValueError:
+        raise ValueError(f"--lr-decay-at must be comma-separated iterations like '1000,5000' (or '' for none), "
+                         f"got {args.lr_decay_at!r}") from None
 
 
 def main(argv: Sequence[str] | None = None, *, should_stop: Callable[[int], bool] | None = None) -> int:

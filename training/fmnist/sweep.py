@@ -43,6 +43,7 @@ from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
                                 frechet_distance_stats, reference_stats, to_classifier_input)
 from training.fmnist.train_tokenizer import Log
+from training.progress import ProgressBar
 
 DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
 DEFAULT_SHORTCUT = Path("models/migm_shortcut/fmnist_shortcut.safetensors")
@@ -510,16 +511,15 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
         costs_path.write_text(json.dumps(costs, indent=1))
     log(f"{regime} step costs: {costs}")
 
-    start = time.perf_counter()
-    for chunk in range(max(n_chunks.values())):
-        for s in settings:
-            path = chunk_path(state_dir, regime, s, chunk)
-            if chunk >= n_chunks[s.key] or path.is_file():
-                continue
-            data = run_chunk(migm, shortcut, s, regime, chunk, args.batch, args.seed)
-            save_chunk(path, data)
-            log(f"{regime} chunk {chunk} {s.label}: {data['seconds'] / args.batch * 1e3:.2f} ms/image, "
-                f"{time.perf_counter() - start:.0f}s elapsed")
+    todo = [(chunk, s) for chunk in range(max(n_chunks.values())) for s in settings
+            if chunk < n_chunks[s.key] and not chunk_path(state_dir, regime, s, chunk).is_file()]
+    total = sum(n_chunks.values())
+    bar = ProgressBar(total, desc=f"sweep {regime}", unit="chunk", start=total - len(todo))
+    for chunk, s in todo:
+        data = run_chunk(migm, shortcut, s, regime, chunk, args.batch, args.seed)
+        save_chunk(chunk_path(state_dir, regime, s, chunk), data)
+        bar.update(1, postfix=f"{s.label} {data['seconds'] / args.batch * 1e3:.1f} ms/image")
+    bar.close()
 
     results = []
     for s in settings:
