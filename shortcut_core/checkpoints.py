@@ -82,6 +82,8 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
         except Exception as exc:  # a damaged torch archive
             raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({_refusal_reason(path, exc)}); "
                                   f"fetch the file again") from None
+    else:  # a legacy (pre-zip) file: only framework bookkeeping becomes a placeholder, torch judges the rest
+        unsafe = [g for g in legacy_pickle_globals(path) if g.startswith(PLACEHOLDER_MODULES)]
     refused = [g for g in unsafe if not g.startswith(PLACEHOLDER_MODULES)]
     if refused:
         raise CheckpointError(
@@ -97,6 +99,37 @@ def load_pickle_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} was refused ({_refusal_reason(path, exc)}); it is never loaded with code execution enabled. "
             f"Convert a trusted copy with `python -m shortcut_core.convert`, or use a .safetensors release"
         ) from None
+
+
+def legacy_pickle_globals(path: Path) -> list[str]:
+    """``module.name`` of every global a legacy torch file's pickles refer to, read without unpickling.
+
+    A legacy file is a run of pickles (magic number, protocol, system info, the object, storage
+    keys) followed by raw storage bytes; protocol 2 names globals in GLOBAL opcodes, newer
+    protocols push module and name as strings before STACK_GLOBAL.
+    """
+    import pickletools
+
+    found: list[str] = []
+    with open(path, "rb") as f:
+        for _ in range(5):
+            strings: list[str] = []
+            memo: dict[int, object] = {}
+            try:
+                for op, arg, _pos in pickletools.genops(f):
+                    if op.name == "GLOBAL":
+                        found.append(".".join(str(arg).split(" ", 1)))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(f"{strings[-2]}.{strings[-1]}")
+                    elif isinstance(arg, str) and "UNICODE" in op.name:
+                        strings.append(arg)
+                    elif op.name in ("BINPUT", "LONG_BINPUT", "MEMOIZE") and strings:
+                        memo[arg if op.name != "MEMOIZE" else len(memo)] = strings[-1]
+                    elif op.name in ("BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+                        strings.append(memo[arg])
+            except ValueError:  # the raw storage bytes after the last pickle
+                break
+    return list(dict.fromkeys(found))
 
 
 def _refuse_non_checkpoint(path: Path) -> None:

@@ -120,7 +120,8 @@ def fake_lightning(monkeypatch):
     return cls, names
 
 
-def test_lightning_vqgan_ckpt_loads_without_lightning(tmp_path, fake_lightning):
+@pytest.mark.parametrize("zip_format", [True, False])  # legacy (pre-1.6) files hold the same objects
+def test_lightning_vqgan_ckpt_loads_without_lightning(tmp_path, fake_lightning, zip_format):
     cls, names = fake_lightning
     migm = tiny_migm()
     callback = cls()
@@ -128,7 +129,8 @@ def test_lightning_vqgan_ckpt_loads_without_lightning(tmp_path, fake_lightning):
     sd = dict(migm.vqgan.state_dict())
     sd["loss.discriminator.main.0.weight"] = torch.zeros(2, 2)
     ckpt = tmp_path / "last.ckpt"
-    torch.save({"state_dict": sd, "callbacks": {"ModelCheckpoint": callback}, "epoch": 3}, ckpt)
+    torch.save({"state_dict": sd, "callbacks": {"ModelCheckpoint": callback}, "epoch": 3}, ckpt,
+               _use_new_zipfile_serialization=zip_format)
     for n in names:  # Lightning is "not installed" when we read it back
         del sys.modules[n]
     raw = load_pickle_checkpoint(ckpt)
