@@ -2,8 +2,10 @@
 import json
 
 import pytest
+import torch
 
-from training.fmnist.sweep import Setting, main, pareto_front, parse_settings, regime_classes, targets
+from shortcut_core import load_migm, load_shortcut, save_shortcut
+from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, Setting, main, pareto_front, parse_settings, regime_classes, targets
 
 
 def row(key, steps, full, fd, ms, blocks=None, fd_all=None):
@@ -99,3 +101,15 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     second = main(args)  # everything is on disk: nothing is generated again, the figures are the same
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
     assert json.dumps(second["regimes"], sort_keys=True) == json.dumps(first["regimes"], sort_keys=True)
+
+    # Another shortcut file in the same state folder: its rows are redone, the plain rows kept.
+    migm = load_migm(DEFAULT_MIGM)
+    other = tmp_path / "other_shortcut.safetensors"
+    sc = load_shortcut(DEFAULT_SHORTCUT, migm)
+    with torch.no_grad():
+        sc.proj_out.weight.mul_(0.5)
+    save_shortcut(sc, other, base_fingerprint=migm.fingerprint)
+    main([*args, "--shortcut", str(other)])
+    plain_chunks = sorted(state.rglob("plain_N2/*.npz"))
+    assert [p.stat().st_mtime_ns for p in plain_chunks] == [t for p, t in zip(chunks, stamps) if "plain_N2" in str(p)]
+    assert all(p.stat().st_mtime_ns > max(stamps) for p in state.rglob("shortcut_N4_B1/*.npz"))

@@ -261,6 +261,20 @@ def save_chunk(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+def forget_chunks_made_otherwise(folder: Path, made_by: dict, log) -> None:
+    """Chunks are reused across runs only if the same models, batch and seed made them: a new
+    shortcut file in the same --state-dir must not be scored on the old one's images."""
+    stamp = folder / "made_by.json"
+    old = json.loads(stamp.read_text()) if stamp.is_file() else None
+    stale = sorted(folder.glob("chunk_*.npz")) if old != made_by else []
+    if stale:
+        log(f"{folder}: {len(stale)} chunk(s) were made by {old or 'an unrecorded model'}, not {made_by}: redone")
+        for path in stale:
+            path.unlink()
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(made_by))
+
+
 def load_chunks(state_dir: Path, regime: str, setting: Setting, count: int) -> list[dict]:
     return [dict(np.load(chunk_path(state_dir, regime, setting, k))) for k in range(count)]
 
@@ -511,6 +525,11 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
         costs_path.write_text(json.dumps(costs, indent=1))
     log(f"{regime} step costs: {costs}")
 
+    shortcut_fp = measured_on["shortcut"]
+    for s in settings:
+        made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain else shortcut_fp, "batch": args.batch,
+                   "seed": args.seed}
+        forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
     todo = [(chunk, s) for chunk in range(max(n_chunks.values())) for s in settings
             if chunk < n_chunks[s.key] and not chunk_path(state_dir, regime, s, chunk).is_file()]
     total = sum(n_chunks.values())
