@@ -54,12 +54,16 @@ class StepPlan:
 def step_plan(preset: str, steps: int, full_steps: int, full_step_list: str = "") -> StepPlan:
     """Resolve the sampler's step inputs; raises ValueError with a message meant for the user.
 
+    Every message starts with the input at fault ("full_steps: ..."): ComfyUI shows a
+    validator's message on each input the validator reads, and the pack's web extension
+    (web/js/errors_once.js) keeps only the copy on the input the message names.
+
     'custom' uses ``steps`` N and ``full_steps`` B, or the explicit ``full_step_list``
     ("0,3,5,8") when it is not empty; 'off' keeps N and runs every step in full; the
     other presets fix N and B and ignore the three inputs.
     """
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        raise ValueError(f"preset: unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     chosen = PRESETS[preset]
     if chosen is not None:
         n = chosen.steps if chosen.steps is not None else _check_range("steps", steps, STEPS_MIN, STEPS_MAX)
@@ -74,7 +78,7 @@ def step_plan(preset: str, steps: int, full_steps: int, full_step_list: str = ""
     try:
         full_step_indices(n, b)
     except ValueError as exc:
-        raise ValueError(f"{exc}. Lower 'full_steps' to at most 'steps' ({n}), or pick a preset") from None
+        raise ValueError(f"full_steps: {exc}. Lower 'full_steps' to at most 'steps' ({n}), or pick a preset") from None
     return StepPlan(n, b)
 
 

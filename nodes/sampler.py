@@ -101,6 +101,8 @@ class ShortcutSampler(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, preset: str, steps: int, full_steps: int, full_step_list: str = "") -> bool | str:
+        # ComfyUI attaches the message to each of these four inputs; it starts with the one at
+        # fault, and web/js/errors_once.js shows it on that input alone.
         # Inputs wired from other nodes arrive as None: they are checked when the node runs.
         if any(v is None for v in (preset, steps, full_steps, full_step_list)):
             return True

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Creates .venv with a CPU torch (pinned here only, never in requirements.txt),
-# the library's requirements, the test tools and the Fashion-MNIST data set.
+# the library's requirements, the test tools and the Fashion-MNIST data set; with --browser
+# also the browser the browser tests drive (Debian's chromium; scripts/setup_comfyui.sh asks).
 # Idempotent: a second run only checks.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -22,14 +23,23 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
+# Debian packages: the Fashion-MNIST data set, and the browser (Debian's chromium; the browser
+# tests never use a Playwright-downloaded one) with a font so that pages render text.
+apt_packages=()
 fmnist=/usr/share/datasets/fashion-mnist
 if [ ! -e "$fmnist/train-images-idx3-ubyte.gz" ] && [ ! -e "$fmnist/train-images-idx3-ubyte" ]; then
+  apt_packages+=(dataset-fashion-mnist)
+fi
+if [ "${1:-}" = "--browser" ] && [ ! -x /usr/bin/chromium ]; then
+  apt_packages+=(chromium fonts-dejavu-core)
+fi
+if [ ${#apt_packages[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq >/dev/null || true
-    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq "${apt_packages[@]}" >/dev/null
   else
-    echo "warning: Fashion-MNIST not found at $fmnist and apt-get is unavailable" >&2
+    echo "warning: apt-get is unavailable; install ${apt_packages[*]} by hand" >&2
   fi
 fi

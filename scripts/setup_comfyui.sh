@@ -14,7 +14,7 @@ cache=.cache
 comfy="$cache/comfyui"
 stamp="$cache/comfyui.stamp"
 
-bash scripts/setup.sh
+bash scripts/setup.sh --browser  # the host tier includes the browser tests
 py=.venv/bin/python
 
 torch_version="$("$py" -c 'import torch; print(torch.__version__)')"

@@ -56,6 +56,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.host)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Keeps each phase's report on the test (item.rep_setup, rep_call), so that a fixture can
+    tell in its teardown whether the test failed (test_browser.py then saves a screenshot)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     started = config.stash.get(_started_key, None)
     if started:

@@ -291,20 +291,43 @@ def test_record_workflow_runs_and_shards_load(comfy, models):
 # -- the sampler ----------------------------------------------------------------------------
 
 
+def refused(comfy, graph, node="3") -> tuple[str, str]:
+    """Queues a graph that must be refused for one problem of `node`; returns (the input the
+    message names as at fault, the rest of the message).
+
+    ComfyUI 0.3.75 attaches a validate_inputs message to every input the validator reads (here
+    preset, steps, full_steps, full_step_list), so one problem comes back once per input. The
+    node starts the message with the input at fault, and web/js/errors_once.js shows it once,
+    on that input (test_browser.py checks that in the page)."""
+    status, body = comfy.queue(graph)
+    assert status == 400, body
+    errors = body["node_errors"][node]["errors"]
+    messages = set()
+    for error in errors:
+        attached = error["extra_info"]["input_name"]
+        assert error["type"] == "custom_validation_failed" and error["details"].startswith(f"{attached} - ")
+        messages.add(error["details"].removeprefix(f"{attached} - "))
+    assert len(messages) == 1, messages  # one problem, however many copies
+    at_fault, _, message = messages.pop().partition(": ")
+    assert at_fault in {error["extra_info"]["input_name"] for error in errors}
+    return at_fault, message
+
+
 def test_full_steps_above_steps_is_refused_with_a_readable_error(comfy, models):
-    status, body = comfy.queue(generate_graph(steps=8, full_steps=12))
-    assert status == 400
-    errors = body["node_errors"]["3"]["errors"]
-    assert errors[0]["type"] == "custom_validation_failed"
-    assert "full steps B=12 must be between 1 and the number of steps N=8" in errors[0]["details"]
+    at_fault, message = refused(comfy, generate_graph(steps=8, full_steps=12))
+    assert at_fault == "full_steps"
+    assert message.startswith("full steps B=12 must be between 1 and the number of steps N=8")
+    assert message.endswith("Lower 'full_steps' to at most 'steps' (8), or pick a preset")
 
-    status, body = comfy.queue(generate_graph(steps=8, full_step_list="0,5,3"))
-    assert status == 400
-    assert "must be strictly increasing" in body["node_errors"]["3"]["errors"][0]["details"]
+    at_fault, message = refused(comfy, generate_graph(steps=8, full_step_list="0,5,3"))
+    assert at_fault == "full_step_list" and "must be strictly increasing" in message
+    at_fault, message = refused(comfy, generate_graph(steps=8, full_step_list="0,3,9"))
+    assert at_fault == "full_step_list" and "outside 0..7" in message
 
-    status, body = comfy.queue(generate_graph(steps=0))  # the range check still applies
-    assert status == 400
-    assert "smaller than min of 1" in body["node_errors"]["3"]["errors"][0]["details"]
+    at_fault, message = refused(comfy, generate_graph(steps=0))  # the range check still applies
+    assert at_fault == "steps" and message == "Value 0 smaller than min of 1"
+    at_fault, message = refused(comfy, generate_graph(preset="turbo"))
+    assert at_fault == "preset" and message.startswith("unknown preset 'turbo'; choose one of: custom, off (plain)")
 
     status, body = comfy.queue(generate_graph(seed=2**64))
     assert status == 400 and body["node_errors"]["3"]["errors"][0]["type"] == "value_bigger_than_max"
