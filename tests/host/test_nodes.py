@@ -11,6 +11,7 @@ stand-ins (names swapped in) until then.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import time
 from pathlib import Path
@@ -103,6 +104,13 @@ def generate_graph(migm=TINY, shortcut=TINY_SC, prefix="migm_test", vq=VQ_BUNDLE
 def images_of(comfy, entry) -> list[np.ndarray]:
     """The saved PNGs of a history entry as uint8 arrays (H, W, 3), in file-name order."""
     return [np.asarray(Image.open(path).convert("RGB")) for path in sorted(comfy.output_paths(entry))]
+
+
+def previews_of(comfy, entry, node: str) -> list[np.ndarray]:
+    """The temporary (preview) images a node showed, fetched as the page does, through /view."""
+    refs = entry["outputs"][node]["images"]
+    assert refs and all(r["type"] == "temp" for r in refs), refs
+    return [np.asarray(Image.open(io.BytesIO(comfy.get("/view", params=r).content)).convert("RGB")) for r in refs]
 
 
 def report_of(entry, node="3") -> str:
@@ -249,6 +257,8 @@ def test_generate_workflow_runs(comfy, models):
     images = images_of(comfy, entry)
     side = expected_side(graph)
     assert images and all(im.shape == (side, side, 3) for im in images)
+    shown = previews_of(comfy, entry, "7")  # the true-size save, and the same images x4 (nearest) for the eye
+    assert len(shown) == len(images) and all(np.array_equal(big[::4, ::4], im) for big, im in zip(shown, images))
     report = entry["outputs"]["5"]["text"][0]
     sampler = graph["3"]["inputs"]
     assert report.startswith(f"full {sampler['full_steps']}/{sampler['steps']}, shortcut "
@@ -265,6 +275,8 @@ def test_plain_vs_shortcut_workflow_runs(comfy, models):
     spacing = graph["5"]["inputs"]["spacing_width"]
     images = images_of(comfy, entry)
     assert images and all(im.shape == (side, 2 * side + spacing, 3) for im in images)
+    shown = previews_of(comfy, entry, "10")
+    assert len(shown) == len(images) and all(np.array_equal(big[::4, ::4], im) for big, im in zip(shown, images))
     plain, fast = entry["outputs"]["7"]["text"][0], entry["outputs"]["8"]["text"][0]
     n, b = graph["4"]["inputs"]["steps"], graph["4"]["inputs"]["full_steps"]
     assert plain.startswith(f"full {n}/{n}, shortcut 0,") and "plain" in plain
