@@ -8,6 +8,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..shortcut_core import REVEAL_MODES, generate
+from ..shortcut_core.placement import PAPER, PLACEMENTS
 from .options import (
     CUSTOM,
     MODEL_DEFAULT,
@@ -88,6 +89,12 @@ class ShortcutSampler(io.ComfyNode):
                                        "value (7 for MaskGIT-512)."),
                 io.Float.Input("temperature", default=1.0, min=0.0, max=10.0, step=0.05, round=0.01,
                                tooltip="Lumina-DiMOO sampling temperature; 0 picks the most likely token."),
+                io.Combo.Input("placement", options=list(PLACEMENTS), default=PAPER,
+                               tooltip="Where the B full steps go. paper: evenly (step 0, then round(N*k/B)). "
+                                       "calibrated: where the shortcut file's calibration (training.calibrate) "
+                                       "says its drift costs most; an (N, B) the file does not cover falls back "
+                                       "to the paper's placement and the report says so. Ignored with an "
+                                       "explicit full_step_list."),
                 SHORTCUT.Input("shortcut", optional=True,
                                tooltip="The shortcut (Load Shortcut). Not connected: plain sampling, every step "
                                        "runs the base model."),
@@ -115,7 +122,8 @@ class ShortcutSampler(io.ComfyNode):
     @classmethod
     def execute(cls, migm, preset: str, classes: str, prompt: str, width: int, height: int, batch_size: int,
                 seed: int, steps: int, full_steps: int, full_step_list: str, schedule: str, cfg: float,
-                sm_temp: float, r_temp: float, temperature: float, shortcut=None) -> io.NodeOutput:
+                sm_temp: float, r_temp: float, temperature: float, placement: str = PAPER,
+                shortcut=None) -> io.NodeOutput:
         plan = step_plan(preset, steps, full_steps, full_step_list)
         if migm.family == "dimoo":
             conditions = dict(prompts=repeat_each(parse_prompts(prompt), batch_size))
@@ -142,8 +150,10 @@ class ShortcutSampler(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         comfy.model_management.throw_exception_if_processing_interrupted()
+        if isinstance(plan.full_steps, list):
+            placement = PAPER  # an explicit list is its own placement
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
-                          callback=on_step, **conditions, **options)
+                          callback=on_step, placement=placement, **conditions, **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"
         log.info("MIGM-Shortcut: %s", report)
         images = result.images.to(comfy.model_management.intermediate_device())

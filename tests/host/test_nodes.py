@@ -39,6 +39,7 @@ NODE_IDS = ("LoadMIGM", "LoadMIGMShortcut", "MIGMShortcutSampler", "MIGMRecordTr
 VQ_BUNDLED = "(bundled)"
 
 TINY, TINY_SC = "tiny_maskgit.safetensors", "tiny_shortcut.safetensors"
+TINY_CAL_SC = "tiny_shortcut_calibrated.safetensors"
 TINY_NOVQ, TINY_VQ = "tiny_maskgit_novq.safetensors", "tiny_vqgan.safetensors"
 OTHER_SC, WIDE_SC = "tiny_shortcut_other_base.safetensors", "wide_shortcut.safetensors"
 SLOW = "slow_maskgit.safetensors"
@@ -47,7 +48,7 @@ TINY_SIZE = 16  # tiny VQGAN: 4x4 tokens -> 16x16 pixels
 
 SAMPLER = {"preset": "custom", "classes": "0", "prompt": "", "width": 1024, "height": 1024, "batch_size": 1,
            "seed": 1, "steps": 8, "full_steps": 3, "full_step_list": "", "schedule": "arccos", "cfg": 2.8,
-           "sm_temp": 1.0, "r_temp": 7.0, "temperature": 1.0}
+           "sm_temp": 1.0, "r_temp": 7.0, "temperature": 1.0, "placement": "paper"}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +62,8 @@ def models(comfy):
     save_migm(tiny, migm_dir / TINY_NOVQ, include_vqgan=False)
     save_vqgan(tiny.vqgan, vq_dir / TINY_VQ)
     save_shortcut(tiny_shortcut(tiny), sc_dir / TINY_SC, base_fingerprint=tiny.fingerprint)
+    save_shortcut(tiny_shortcut(tiny), sc_dir / TINY_CAL_SC, base_fingerprint=tiny.fingerprint,
+                  info={"placements": {"table": {"8": {"3": [0, 4, 6]}}}})  # as training.calibrate writes it
     other = tiny_migm(seed=5, vqgan=False)
     save_shortcut(tiny_shortcut(other, seed=2), sc_dir / OTHER_SC, base_fingerprint=other.fingerprint)
 
@@ -367,6 +370,20 @@ def test_off_is_exactly_plain(comfy, models):
     assert report_of(plain).endswith("; plain: no shortcut connected on tiny")
     assert f"MIGM-Shortcut: {report_of(fast)}" in comfy.log_text()  # the proof is in the console too
     assert any(not np.array_equal(a, b) for a, b in zip(reference, images_of(comfy, fast)))
+
+
+def test_calibrated_placement_is_a_choice_of_the_sampler(comfy, models):
+    settings = dict(classes="0,2", seed=3, steps=8, full_steps=3)
+    calibrated = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="calibrated", prefix="cal", **settings),
+                           timeout=120)
+    paper = comfy.run(generate_graph(shortcut=TINY_CAL_SC, prefix="cal_paper", **settings), timeout=120)
+    uncovered = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="calibrated", prefix="cal_fallback",
+                                         **{**settings, "full_steps": 2}), timeout=120)
+    assert report_of(calibrated).startswith("full 3/8, shortcut 5, base passes 3")
+    assert "; calibrated placement 0,4,6" in report_of(calibrated)
+    assert "placement" not in report_of(paper)
+    assert "paper placement: the shortcut has no calibrated placement for N=8, B=2" in report_of(uncovered)
+    assert any(not np.array_equal(a, b) for a, b in zip(images_of(comfy, calibrated), images_of(comfy, paper)))
 
 
 def test_new_settings_run_without_restart(comfy, models):
