@@ -170,11 +170,12 @@ CLI = [(f"train {' '.join(extra)}", train_main, train_args, extra, words) for ex
     (("--grad-clip", "nan"), "--grad-clip"), (("--dropout", "2"), "--dropout"), (("--ema", "1"), "--ema"),
     (("--val-fraction", "1.5"), "--val-fraction"), (("--batch", "0"), "--batch"), (("--threads", "0"), "--threads"),
     (("--kl-weight", "inf"), "--kl-weight"), (("--rollout", "0"), "--rollout"), (("--device", "gpu0"), "--device"),
-    (("--heads", "5"), "--heads"),
+    (("--heads", "5"), "--heads"), (("--out", "/proc/no_such_place/x.safetensors"), "/proc/no_such_place"),
 ]] + [(f"record {' '.join(extra)}", record_main, record_args, extra, words) for extra, words in [
     (("--cfg", "nan"), "cfg"), (("--r-temp", "inf"), "r_temp"), (("--classes", "0-99999999"), "class range"),
     (("--classes", "a red shoe"), "class"), (("--steps", "0"), "steps"), (("--count", "0"), "count"),
     (("--batch", "0"), "batch"), (("--device", "gpu0"), "--device"), (("--shard-size", "3", "--batch", "2"), "shard"),
+    (("--out", "/proc/no_such_place/rec"), "/proc/no_such_place"),
 ]]
 if not torch.cuda.is_available():
     CLI += [("train --device cuda", train_main, train_args, ("--device", "cuda"), "no CUDA GPU"),

@@ -204,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"{row['cost_calibrated']:.4f}) vs paper {row['paper']} ({row['cost_paper']:.4f}); {row['table']}")
         print(f"wrote the placements into {out} (weights unchanged)")
         return 0
-    except (ValueError, ManifestError, ShardError, CheckpointError) as exc:
+    except (ValueError, ManifestError, ShardError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
 

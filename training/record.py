@@ -592,7 +592,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print(f"[rank {d.rank}] {result.report()}" if d.active else result.report(), flush=True)
         return 0
-    except (ValueError, ManifestError, ShardError, CheckpointError) as exc:
+    except (ValueError, ManifestError, ShardError, CheckpointError, OSError) as exc:  # OSError: disk full, no access
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
     finally:

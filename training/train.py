@@ -803,7 +803,7 @@ def main(argv: Sequence[str] | None = None, *, should_stop: Callable[[int], bool
             torch.set_num_threads(args.threads)
         train(args, argv=argv, should_stop=should_stop)
         return 0
-    except (ValueError, ManifestError, ShardError, CheckpointError, TrainingError) as exc:
+    except (ValueError, ManifestError, ShardError, CheckpointError, TrainingError, OSError) as exc:  # OSError: disk full, no access
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 2
 
