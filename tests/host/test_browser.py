@@ -52,7 +52,9 @@ def browser(comfy):
     # first; a returning user (this stored setting) gets the default graph.
     assert comfy.post("/api/settings/Comfy.TutorialCompleted", True).status_code == 200
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        # root needs --no-sandbox; CI containers often have a tiny /dev/shm
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM,
+                                              args=["--no-sandbox", "--disable-dev-shm-usage"])
         yield chromium
         chromium.close()
 
