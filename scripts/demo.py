@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from shortcut_core import generate, load_migm, load_shortcut  # noqa: E402
 from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
+from training.progress import ProgressBar  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -94,7 +95,9 @@ def main(argv=None) -> dict:
     for regime, classes in regimes.items():
         results = {}
         for key, kw in runs.items():
-            results[key] = generate(migm, classes, seed=args.seed, **kw)
+            bar = ProgressBar(kw["steps"], desc=f"{regime}, {titles[key]}", unit="step")
+            results[key] = generate(migm, classes, seed=args.seed, callback=lambda info: bar.update(1), **kw)
+            bar.close()
             print(f"{regime:>17}, {titles[key]:<26} {results[key].stats.report()}", flush=True)
         panels = []
         for key, result in results.items():
