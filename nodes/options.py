@@ -82,6 +82,17 @@ def step_plan(preset: str, steps: int, full_steps: int, full_step_list: str = ""
     return StepPlan(n, b)
 
 
+def unused_step_inputs(preset: str, full_step_list: str = "") -> list[str]:
+    """The step inputs a preset overrides, for the report: an artist who typed N=20 should see why
+    it did not count. 'custom' uses them all (full_steps yields to a non-empty list)."""
+    chosen = PRESETS.get(preset)
+    listed = bool(full_step_list and full_step_list.strip())
+    if chosen is None:
+        return ["full_steps"] if listed else []
+    unused = [] if chosen.steps is None else ["steps"]
+    return unused + ["full_steps"] + (["full_step_list"] if listed else [])
+
+
 def given_options(**chosen: float) -> dict[str, float]:
     """The sampler options the user set; one left at ``MODEL_DEFAULT`` (negative) is left out, so
     the model applies its own recommended value (``migm.sampling_defaults``)."""

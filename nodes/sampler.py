@@ -22,6 +22,7 @@ from .options import (
     parse_prompts,
     repeat_each,
     step_plan,
+    unused_step_inputs,
 )
 from .types import MIGM, SHORTCUT
 
@@ -155,6 +156,10 @@ class ShortcutSampler(io.ComfyNode):
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
                           callback=on_step, placement=placement, **conditions, **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"
+        unused = unused_step_inputs(preset, full_step_list)
+        if unused:
+            why = "the list replaces it" if preset == CUSTOM else f"set by preset {preset!r}"
+            report += f"; not used: {', '.join(unused)} ({why})"
         log.info("MIGM-Shortcut: %s", report)
         images = result.images.to(comfy.model_management.intermediate_device())
         return io.NodeOutput(images, report, ui=ui.PreviewText(report))

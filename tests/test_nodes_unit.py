@@ -169,3 +169,11 @@ def test_family_options_keep_only_the_family_inputs(options):
     assert options.family_options(maskgit, **inputs) == {"sm_temp": 0.5, "schedule": "cosine"}
     dimoo = SimpleNamespace(family="dimoo", info={})
     assert options.family_options(dimoo, **inputs) == {"temperature": 0.7, "height": 256, "width": 512}
+
+
+def test_the_report_names_the_step_inputs_a_preset_overrides(options):
+    assert options.unused_step_inputs("custom") == []
+    assert options.unused_step_inputs("custom", "0,3,5") == ["full_steps"]  # the list replaces B
+    assert options.unused_step_inputs("custom", "  ") == []
+    assert options.unused_step_inputs(options.OFF) == ["full_steps"]  # off keeps N, runs every step in full
+    assert options.unused_step_inputs("MaskGIT paper N=32 B=12", "0,4") == ["steps", "full_steps", "full_step_list"]

@@ -366,7 +366,8 @@ def test_off_is_exactly_plain(comfy, models):
     assert report_of(plain).startswith("full 10/10, shortcut 0, base passes 10 (plain: 10)")
     assert report_of(fast).startswith("full 4/10, shortcut 6, base passes 4 (plain: 10), 2.50x fewer")
     assert report_of(fast).endswith(f"; shortcut {TINY_SC} on tiny")
-    assert report_of(off).endswith("; plain: preset 'off (plain)' on tiny")
+    assert report_of(off).endswith("; plain: preset 'off (plain)' on tiny; not used: full_steps (set by preset "
+                                   "'off (plain)')")
     assert report_of(plain).endswith("; plain: no shortcut connected on tiny")
     assert f"MIGM-Shortcut: {report_of(fast)}" in comfy.log_text()  # the proof is in the console too
     assert any(not np.array_equal(a, b) for a, b in zip(reference, images_of(comfy, fast)))
