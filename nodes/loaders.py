@@ -8,6 +8,7 @@ import comfy.model_management
 from comfy_api.latest import io
 
 from ..shortcut_core import load_migm, load_shortcut
+from ..shortcut_core.devices import resolve_device
 from . import folders
 from .cache import LoadedModels
 from .types import MIGM, SHORTCUT, LoadedShortcut
@@ -15,7 +16,7 @@ from .types import MIGM, SHORTCUT, LoadedShortcut
 log = logging.getLogger("migm_shortcut")
 
 DEVICES = ("auto", "cpu", "cuda")
-DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = ("auto", "fp32", "fp16", "bf16")  # names shortcut_core.devices.resolve_dtype reads
 LOADED = LoadedModels(size=1)  # one base model: a Lumina-DiMOO is 16 GB
 
 
@@ -23,8 +24,7 @@ def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         return comfy.model_management.get_torch_device()
     if choice == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was chosen but this ComfyUI sees no CUDA device; pick 'auto' or 'cpu'")
+        resolve_device("cuda")  # refuses a machine without a GPU, by name
         return torch.device("cuda", torch.cuda.current_device())
     if choice == "cpu":
         return torch.device("cpu")
@@ -69,7 +69,7 @@ class LoadMIGM(io.ComfyNode):
 
         def load():
             log.info("MIGM-Shortcut: loading %s on %s (%s)", path, target, dtype)
-            return load_migm(path, vq_path, device=target, dtype=DTYPES[dtype])
+            return load_migm(path, vq_path, device=target, dtype=None if dtype == "auto" else dtype)
 
         return io.NodeOutput(LOADED.get(key, load))
 

@@ -105,8 +105,9 @@ def legacy_pickle_globals(path: Path) -> list[str]:
     """``module.name`` of every global a legacy torch file's pickles refer to, read without unpickling.
 
     A legacy file is a run of pickles (magic number, protocol, system info, the object, storage
-    keys) followed by raw storage bytes; protocol 2 names globals in GLOBAL opcodes, newer
-    protocols push module and name as strings before STACK_GLOBAL.
+    keys) followed by raw storage bytes; protocol 2 (torch.save's) names globals in GLOBAL
+    opcodes, newer protocols push module and name as strings before STACK_GLOBAL (a name reused
+    through the memo was already found at its first use).
     """
     import pickletools
 
@@ -114,7 +115,6 @@ def legacy_pickle_globals(path: Path) -> list[str]:
     with open(path, "rb") as f:
         for _ in range(5):
             strings: list[str] = []
-            memo: dict[int, object] = {}
             try:
                 for op, arg, _pos in pickletools.genops(f):
                     if op.name == "GLOBAL":
@@ -123,10 +123,6 @@ def legacy_pickle_globals(path: Path) -> list[str]:
                         found.append(f"{strings[-2]}.{strings[-1]}")
                     elif isinstance(arg, str) and "UNICODE" in op.name:
                         strings.append(arg)
-                    elif op.name in ("BINPUT", "LONG_BINPUT", "MEMOIZE") and strings:
-                        memo[arg if op.name != "MEMOIZE" else len(memo)] = strings[-1]
-                    elif op.name in ("BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
-                        strings.append(memo[arg])
             except ValueError:  # the raw storage bytes after the last pickle
                 break
     return list(dict.fromkeys(found))

@@ -3,7 +3,7 @@
 One row per case: what a careless or hostile caller passes to ``generate``, the loaders and
 both CLIs, the exception it must raise (``ValueError``/``TypeError``/``CheckpointError``, or
 exit status 2 with one line on stderr for a CLI) and words the message must hold: the
-input's name, so the user knows what to change. The corpus ends with its own score.
+input's name, so the user knows what to change.
 """
 from __future__ import annotations
 
@@ -181,15 +181,11 @@ if not torch.cuda.is_available():
     CLI += [("train --device cuda", train_main, train_args, ("--device", "cuda"), "no CUDA GPU"),
             ("record --device cuda", record_main, record_args, ("--device", "cuda"), "no CUDA GPU")]
 
-OUTCOMES: dict[str, bool] = {}
-
-
 @pytest.mark.parametrize("name, call, kind, words", LIBRARY, ids=[c[0] for c in LIBRARY])
 def test_library_refuses_by_name(files, name, call, kind, words):
     before = snapshot(files["root"])
     with pytest.raises(CLEAN) as caught:
         call(files)
-    OUTCOMES[name] = isinstance(caught.value, kind) and words in str(caught.value)
     assert isinstance(caught.value, kind), f"{type(caught.value).__name__}: {caught.value}"
     assert words in str(caught.value)
     assert snapshot(files["root"]) == before  # a refusal touches no file
@@ -200,17 +196,9 @@ def test_clis_refuse_with_one_line_and_status_2(files, tmp_path, capsys, name, m
     before = snapshot(files["root"])
     rc = main(args(files, tmp_path, *extra))
     err = capsys.readouterr().err.strip()
-    OUTCOMES[name] = rc == 2 and words in err
     assert rc == 2 and words in err, err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
     assert snapshot(files["root"]) == before
     # At most the run's own log: no output, no checkpoint, nothing a later run would have to resume.
     assert not (tmp_path / "out.safetensors").exists() and not list(tmp_path.glob("out.run/ckpt-*"))
 
-
-def test_the_corpus_scores_at_least_98_percent():
-    """Runs after the two tables (file order): the share of cases that ended cleanly, by name."""
-    assert len(OUTCOMES) == len(LIBRARY) + len(CLI), "run the whole module: the score needs every case"
-    clean = sum(OUTCOMES.values())
-    print(f"bad-input corpus: {clean}/{len(OUTCOMES)} clean")
-    assert clean / len(OUTCOMES) >= 0.98, sorted(k for k, ok in OUTCOMES.items() if not ok)

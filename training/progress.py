@@ -28,10 +28,6 @@ class ProgressBar:
         self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
                         smoothing=0.1) if enabled and tty else None
 
-    def rate(self) -> float:
-        elapsed = time.perf_counter() - self.t0
-        return (self.n - self.start_n) / elapsed if elapsed > 0 else 0.0
-
     def update(self, n: int = 1, postfix: str | None = None) -> None:
         self.n += n
         if postfix is not None:

@@ -561,6 +561,7 @@ def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> di
 
 def main(argv: Sequence[str] | None = None) -> int:
     from shortcut_core import load_migm
+    from shortcut_core.devices import resolve_dtype
     from shortcut_core.checkpoints import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -580,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         family = family_of(args.migm)
         settings = resolve_settings(args, manifest, family)
         dtype_name_ = args.base_dtype or ("fp32" if family == "maskgit" else None)  # DiMOO: the loader's choice
-        base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, None: None}[dtype_name_]
+        base_dtype = resolve_dtype(dtype_name_)
         migm = load_migm(args.migm, device=d.device, dtype=base_dtype)
         command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.record", *argv])
         if d.world_size > 1:

@@ -465,7 +465,7 @@ def test_cuda_without_a_gpu_says_so(comfy, models):
         pytest.skip("this machine has a CUDA device")
     graph = generate_graph(prefix="cuda")
     graph["1"]["inputs"]["device"] = "cuda"
-    assert "sees no CUDA device; pick 'auto' or 'cpu'" in run_error(comfy, graph)
+    assert "this torch sees no CUDA GPU" in run_error(comfy, graph)
 
 
 def test_dimoo_folder_with_prompt_and_size(comfy, models):
