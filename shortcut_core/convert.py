@@ -17,7 +17,10 @@ from pathlib import Path
 from .checkpoints import CheckpointError, load_any_state_dict, refuse_overwriting
 from .maskgit import MaskGITConfig
 from .migm import load_migm, load_vqgan, save_migm, save_shortcut, save_vqgan
+from .progress import ProgressBar
 from .shortcut import MaskGITShortcut, infer_shortcut_config
+
+STAGES = 3  # read the source, build the model, write the output: what `on_stage` is called after
 
 
 def detect_kind(sd: dict) -> str:
@@ -34,15 +37,24 @@ def detect_kind(sd: dict) -> str:
 
 
 def convert(src: Path, out: Path, vq: Path | None = None, base: Path | None = None,
-            config: MaskGITConfig | None = None) -> str:
+            config: MaskGITConfig | None = None, on_stage=None) -> str:
+    """Convert ``src`` to ``out``; returns its kind. ``on_stage(text)`` is called after each of the
+    ``STAGES`` stages (a published base model takes a few seconds per stage)."""
+    on_stage = on_stage or (lambda text: None)
     sd, meta = load_any_state_dict(src)
     if meta:
         raise CheckpointError(f"{src} is already a shortcut_core .safetensors file; nothing to convert")
     kind = detect_kind(sd)
+    on_stage(f"read {src.name} ({_megabytes(src)}): {kind}")
+    info = {"converted_from": src.name}
     if kind == "maskgit":
-        save_migm(load_migm(src, vq_path=vq, config=config), out, info={"converted_from": src.name})
+        model = load_migm(src, vq_path=vq, config=config)
+        on_stage("built the MaskGIT" + (f" with {vq.name}" if vq else ""))
+        save_migm(model, out, info=info)
     elif kind == "vqgan":
-        save_vqgan(load_vqgan(src), out, info={"converted_from": src.name})
+        model = load_vqgan(src)
+        on_stage("built the VQGAN")
+        save_vqgan(model, out, info=info)
     else:
         fp = None
         if base is not None:
@@ -52,8 +64,14 @@ def convert(src: Path, out: Path, vq: Path | None = None, base: Path | None = No
         else:
             shortcut = MaskGITShortcut(infer_shortcut_config(sd))
         shortcut.load_state_dict(sd)
-        save_shortcut(shortcut, out, base_fingerprint=fp, info={"converted_from": src.name})
+        on_stage("built the shortcut" + (f", tied to {base.name}" if base else ""))
+        save_shortcut(shortcut, out, base_fingerprint=fp, info=info)
+    on_stage(f"wrote {out.name} ({_megabytes(out)})")
     return kind
+
+
+def _megabytes(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
 
 
 def main(argv=None) -> int:
@@ -74,7 +92,13 @@ def main(argv=None) -> int:
             config = MaskGITConfig.from_dict(json.loads(args.config)) if args.config else None
         except json.JSONDecodeError as exc:
             raise ValueError(f"--config is not valid JSON ({exc}); pass e.g. '{{\"hidden\": 256, \"depth\": 8}}'") from None
-        kind = convert(args.src, args.out, args.vq, args.base, config)
+        # interval 0: each stage is its own line in a log (three lines in all)
+        bar = ProgressBar(STAGES, desc="convert", unit="stage", interval=0.0)
+        try:
+            kind = convert(args.src, args.out, args.vq, args.base, config,
+                           on_stage=lambda text: bar.update(1, postfix=text))
+        finally:
+            bar.close()
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

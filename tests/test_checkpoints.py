@@ -81,7 +81,7 @@ def test_safetensors_round_trip(tmp_path):
     assert sc2.info == {"steps": 3}
 
 
-def test_published_maskgit_pickle_converts(tmp_path):
+def test_published_maskgit_pickle_converts(tmp_path, capsys):
     migm = tiny_migm(vqgan=False)
     sd = {"module." + k: v for k, v in migm.model.state_dict().items()}
     src = tmp_path / "MaskGIT_tiny.pth"
@@ -93,6 +93,12 @@ def test_published_maskgit_pickle_converts(tmp_path):
     import json
     assert convert_main([str(src), "-o", str(out), "--config", json.dumps(TINY_MASKGIT.to_dict())]) == 0
     _same_outputs(migm, load_migm(out))
+    # off a terminal, each stage is one line of the progress report (the bar on a terminal)
+    stages = capsys.readouterr().err.strip().splitlines()
+    assert len(stages) == 3, stages
+    assert "1/3" in stages[0] and "read MaskGIT_tiny.pth" in stages[0] and "maskgit" in stages[0]
+    assert "2/3" in stages[1] and "built the MaskGIT" in stages[1]
+    assert "3/3" in stages[2] and "wrote converted.safetensors" in stages[2] and "MB" in stages[2]
 
 
 def test_bare_pickle_matching_no_preset_is_explained(tmp_path):

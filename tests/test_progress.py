@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from training.progress import ProgressBar
+from shortcut_core.progress import ProgressBar
 
 
 class Terminal(io.StringIO):

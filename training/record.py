@@ -35,7 +35,7 @@ from shortcut_core import REVEAL_MODES, sample
 
 from .distributed import setup, share
 from .pairs import recipe_for
-from .progress import ProgressBar
+from shortcut_core.progress import ProgressBar
 from .trajectories import (
     FORMAT,
     MANIFEST,

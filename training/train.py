@@ -40,7 +40,7 @@ from shortcut_core.checkpoints import CheckpointError, refuse_overwriting
 
 from .data import PairBatch, PairStream, Recording, gather_pairs
 from .distributed import Dist, setup, share
-from .progress import ProgressBar
+from shortcut_core.progress import ProgressBar
 from .trajectories import ManifestError, ShardError, write_json_atomic
 
 CKPT_FORMAT = "migm-shortcut-train-checkpoint"

@@ -43,7 +43,7 @@ from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
                                 frechet_distance_stats, reference_stats, to_classifier_input)
 from training.fmnist.train_tokenizer import Log
-from training.progress import ProgressBar
+from shortcut_core.progress import ProgressBar
 
 DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
 DEFAULT_SHORTCUT = Path("models/migm_shortcut/fmnist_shortcut.safetensors")

@@ -1,0 +1,41 @@
+"""The README's main job (scripts/demo.py) on the shipped model, small enough for CI."""
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_demo(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts/demo.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_demo_compares_plain_and_shortcut_in_both_regimes(tmp_path):
+    out = tmp_path / "grid.png"
+    done = run_demo("--steps", "8", "--full-steps", "2", "--per-class", "2", "--show", "2", "--out", str(out),
+                    cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    for regime in ("class-conditional", "unconditional"):
+        runs = [line for line in lines if line.lstrip().startswith(regime + ",")]
+        assert len(runs) == 3, done.stdout  # plain N, shortcut N/B, plain B
+        summary = next(line for line in lines if line.startswith(f"{regime}: shortcut"))
+        # a base pass is one transformer call per step (guided sampling batches both halves into it)
+        assert "base passes 8 -> 2" in summary, summary
+        assert "x faster than plain N=8" in summary
+    assert "class consistency: plain N=8" in done.stdout
+    grid = Image.open(out)
+    # two regimes, three panels of 10 rows x 2 images of 28 px each, titled with their seconds
+    assert grid.width > 3 * 2 * 28 and grid.height > 2 * 10 * 28
+    assert "wrote " + str(out) in done.stdout
+
+
+def test_demo_refuses_bad_arguments_before_any_work(tmp_path):
+    done = run_demo("--steps", "8", "--full-steps", "20", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "--full-steps must be at least 1 and below --steps (8), got 20" in done.stderr
+    assert done.stdout == ""  # nothing loaded or sampled
+    assert not (tmp_path / "out").exists()
