@@ -75,13 +75,20 @@ def resolve_migm(choice: str) -> Path:
             candidate = Path(root) / relative
             if (candidate / "config.json").is_file():
                 return candidate
-        raise FileNotFoundError(f"checkpoint folder {relative!r} is no longer in any migm model folder "
-                                f"({', '.join(folder_paths.get_folder_paths('migm'))}); refresh the node list")
-    return Path(folder_paths.get_full_path_or_raise("migm", choice))
+        raise ValueError(f"migm_name: checkpoint folder {relative!r} is no longer in any migm model folder "
+                         f"({', '.join(folder_paths.get_folder_paths('migm'))}); refresh the node list")
+    return resolve("migm", choice, "migm_name")
 
 
-def resolve(name: str, choice: str) -> Path:
-    return Path(folder_paths.get_full_path_or_raise(name, choice))
+def resolve(folder: str, choice: str, input_name: str) -> Path:
+    """Full path of a file chosen from a model folder's list; a name that is not there (a shared
+    workflow made elsewhere, a file removed since) is a named error, not a FileNotFoundError."""
+    path = folder_paths.get_full_path(folder, choice)
+    if path is None:
+        raise ValueError(f"{input_name}: no file {choice!r} in the {folder} model folders "
+                         f"({', '.join(folder_paths.get_folder_paths(folder))}); put it there or pick one from the "
+                         f"list (press R to refresh it)")
+    return Path(path)
 
 
 def stamp(path: Path) -> float:

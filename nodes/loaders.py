@@ -63,7 +63,7 @@ class LoadMIGM(io.ComfyNode):
     def execute(cls, migm_name: str, vq_name: str = folders.VQ_BUNDLED, device: str = "auto",
                 dtype: str = "auto") -> io.NodeOutput:
         path = folders.resolve_migm(migm_name)
-        vq_path = None if vq_name == folders.VQ_BUNDLED else folders.resolve("migm_vq", vq_name)
+        vq_path = None if vq_name == folders.VQ_BUNDLED else folders.resolve("migm_vq", vq_name, "vq_name")
         target = pick_device(device)
         key = (str(path), folders.stamp(path), str(vq_path), vq_path and folders.stamp(vq_path), str(target), dtype)
 
@@ -98,7 +98,7 @@ class LoadShortcut(io.ComfyNode):
 
     @classmethod
     def execute(cls, migm, shortcut_name: str, allow_fingerprint_mismatch: bool = False) -> io.NodeOutput:
-        path = folders.resolve("migm_shortcut", shortcut_name)
+        path = folders.resolve("migm_shortcut", shortcut_name, "shortcut_name")
         # A shortcut that does not fit raises CheckpointError, whose message names the file and the remedy.
         shortcut = load_shortcut(path, migm, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
         return io.NodeOutput(LoadedShortcut(shortcut, migm, path.name))

@@ -6,6 +6,7 @@ words the library would use.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -96,7 +97,8 @@ def unused_step_inputs(preset: str, full_step_list: str = "") -> list[str]:
 def given_options(**chosen: float) -> dict[str, float]:
     """The sampler options the user set; one left at ``MODEL_DEFAULT`` (negative) is left out, so
     the model applies its own recommended value (``migm.sampling_defaults``)."""
-    return {key: float(value) for key, value in chosen.items() if value >= 0}
+    # NaN passes ComfyUI's min/max check and fails every comparison: it goes on, to be refused by name
+    return {key: float(value) for key, value in chosen.items() if value >= 0 or math.isnan(value)}
 
 
 def family_options(migm, *, cfg: float, sm_temp: float, r_temp: float, temperature: float, schedule: str,
@@ -145,8 +147,8 @@ def default_first(names: list[str], default: str) -> list[str]:
 def output_folder(output_dir: str | Path, name: str) -> Path:
     """A folder under ComfyUI's output directory for a user-given relative name."""
     name = (name or "").strip().replace("\\", "/")
-    parts = PurePath(name).parts
-    if not name or PurePath(name).is_absolute() or ".." in parts:
-        raise ValueError(f"output name {name!r} must be a relative folder name under ComfyUI's output folder, "
-                         f"e.g. 'migm_trajectories/run1' (no '..', not absolute)")
+    parts = PurePath(name).parts  # '.' has none: it would be the output folder itself
+    if not parts or PurePath(name).is_absolute() or ".." in parts:
+        raise ValueError(f"output_name {name!r} must name a folder under ComfyUI's output folder, "
+                         f"e.g. 'migm_trajectories/run1' (relative, no '..', not the output folder itself)")
     return Path(output_dir).joinpath(*parts)

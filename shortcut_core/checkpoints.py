@@ -9,6 +9,7 @@ refused by name.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,11 +18,14 @@ import zipfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 META_PREFIX = "shortcut_core."
 FORMAT_VERSION = "1"
+# A file being written is named PATH + this until it is complete; only files ending in it
+# are ever cleaned up, so a user's own "*.tmp" next to an output is never touched.
+TMP_SUFFIX = ".migm-partial"
 
 # Module prefixes whose classes may appear as inert placeholders. These are the
 # bookkeeping objects of training frameworks; weights never live inside them.
@@ -185,11 +189,32 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, kind: str, config: 
     for key, value in meta.items():
         if value is not None:
             metadata[META_PREFIX + key] = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_safetensors_atomic(path, tensors, metadata)
+
+
+def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
+    """Write ``path`` all or nothing: a temporary file in the same folder, fsync, rename.
+
+    A failed write (a full disk, a folder that became read-only) leaves the previous
+    ``path``, if any, and no temporary file; it raises OSError, as any other failed write
+    does (safetensors reports it as its own error type, which callers would not expect).
+    """
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        error = OSError(f"could not write {path}: {os.strerror(int(code.group(1))) if code else exc}")
+        error.errno = int(code.group(1)) if code else errno.EIO
+        raise error from None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def refuse_overwriting(out, *inputs, what: str = "output") -> None:

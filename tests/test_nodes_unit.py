@@ -117,8 +117,8 @@ def test_prompts_and_batches(options):
 
 def test_output_folder_stays_inside(options, tmp_path):
     assert options.output_folder(tmp_path, " traj/run1 ") == tmp_path / "traj" / "run1"
-    for bad in ("", "../x", "a/../../x", "/etc/x"):
-        with pytest.raises(ValueError, match="relative folder name"):
+    for bad in ("", ".", "./", "../x", "a/../../x", "/etc/x"):
+        with pytest.raises(ValueError, match="must name a folder under"):
             options.output_folder(tmp_path, bad)
 
 

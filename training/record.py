@@ -432,6 +432,9 @@ def record_trajectories(
         except RecordingStopped:
             result.interrupted = True
             log(f"stopped on request; {len(done)} of {len(plan)} shards are complete; continue with --resume")
+        except OSError as exc:  # a full disk, a folder gone read-only: what is complete stays, and says so
+            raise OSError(f"recording stopped: {exc}; {len(done)} of {len(plan)} shards are complete and kept; "
+                          f"make room (or move the folder) and continue with --resume") from None
         finally:
             bar.close()
         if barrier is not None and not result.interrupted:

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from shortcut_core import load_migm, save_shortcut
-from shortcut_core.checkpoints import CheckpointError, refuse_overwriting
+from shortcut_core.checkpoints import CheckpointError, refuse_overwriting, write_safetensors_atomic
 
 from .data import PairBatch, PairStream, Recording, gather_pairs
 from .distributed import Dist, setup, share
@@ -319,8 +319,6 @@ def checkpoint_paths(run_dir: Path) -> list[tuple[int, Path]]:
 def save_checkpoint(d: Dist, run_dir: Path, step: int, model, ema, opt, stream: PairStream, meta: dict,
                     keep: int) -> Path | None:
     """Every rank calls this (states are gathered); rank 0 writes tensors, then the JSON."""
-    from safetensors.torch import save_file
-
     rng = {"cpu": torch.get_rng_state().numpy().tobytes()}
     if d.device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(d.device).numpy().tobytes()
@@ -336,17 +334,18 @@ def save_checkpoint(d: Dist, run_dir: Path, step: int, model, ema, opt, stream: 
     for r, g in enumerate(gathered):
         for kind, raw in g["rng"].items():
             tensors[f"rng.{kind}.{r}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     base = run_dir / f"ckpt-{step:08d}"
-    tmp = base.with_name(base.name + ".safetensors.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, base.with_suffix(".safetensors"))
+    write_safetensors_atomic(base.with_suffix(".safetensors"), tensors)
     groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_sd["param_groups"]]
     record = {"format": CKPT_FORMAT, "version": 1, "step": step, **meta,
               "streams": [g["stream"] for g in gathered], "shards_read": [g["read"] for g in gathered],
               "optimizer": {"param_groups": groups}, "tensors": base.with_suffix(".safetensors").name,
               "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    write_json_atomic(base.with_suffix(".json"), record)
+    try:
+        write_json_atomic(base.with_suffix(".json"), record)
+    except OSError:
+        base.with_suffix(".safetensors").unlink()  # tensors without their record are no checkpoint
+        raise
     for old_step, old in checkpoint_paths(run_dir)[:-keep] if keep > 0 else []:
         if old_step != step:
             old.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -541,7 +540,12 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     def checkpoint(step: int) -> Path | None:
         meta = {"exact": exact, "settings": settings, "bad_shards": dict(recording.bad), "last_val": last_val,
                 "shortcut_config": config.to_dict(), "data": str(args.data), "migm": str(args.migm)}
-        path = save_checkpoint(d, run_dir, step, model, ema, opt, stream, meta, args.keep_ckpts)
+        try:
+            path = save_checkpoint(d, run_dir, step, model, ema, opt, stream, meta, args.keep_ckpts)
+        except OSError as exc:  # a full disk, a folder gone read-only
+            raise TrainingError(f"training stopped at iteration {step}: {exc}; the last complete checkpoint is "
+                                f"{last_good()}; make room (or use another --run-dir) and continue with --resume") \
+                from None
         if path is not None:
             checkpoints.append(path)
             log(f"checkpoint {path}")

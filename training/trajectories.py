@@ -33,7 +33,8 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from shortcut_core.checkpoints import TMP_SUFFIX, write_safetensors_atomic
 
 FORMAT = "migm-shortcut-trajectories"
 VERSION = 1
@@ -88,9 +89,6 @@ def tensors_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-TMP_SUFFIX = ".migm-partial"  # only files this tool writes end in it, so only those are ever cleaned up
-
-
 def write_shard(path, tensors: dict[str, torch.Tensor], *, first: int, count: int, fingerprint: str) -> dict:
     """Write one shard atomically (temporary file, fsync, rename); returns its manifest entry."""
     path = Path(path)
@@ -98,15 +96,7 @@ def write_shard(path, tensors: dict[str, torch.Tensor], *, first: int, count: in
     checksum = tensors_checksum(tensors)
     meta = {"format": FORMAT, "version": str(VERSION), "first": str(first), "count": str(count),
             "fingerprint": fingerprint, "checksum": checksum}
-    tmp = path.with_name(path.name + TMP_SUFFIX)
-    try:
-        save_file(tensors, str(tmp), metadata=meta)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_safetensors_atomic(path, tensors, meta)
     return {"file": path.name, "first": first, "count": count, "bytes": path.stat().st_size, "checksum": checksum}
 
 
@@ -170,11 +160,14 @@ def load_shard(path, *, verify: bool = True) -> dict[str, torch.Tensor]:
 def write_json_atomic(path, data: dict) -> None:
     path = Path(path)
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    with open(tmp, "w") as f:
-        f.write(dumps_readable(data))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(dumps_readable(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def dumps_readable(data: dict) -> str:

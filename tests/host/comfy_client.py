@@ -77,7 +77,10 @@ class ComfyClient:
 
     def post(self, route: str, payload: Any = None, **kwargs: Any) -> requests.Response:
         self._check_alive()
-        return self.http.post(self.base_url + route, json=payload,
+        # json.dumps, not requests' json=: NaN and Infinity go out as any client may send them
+        # (the server's json.loads takes them), so the tests can send what a hostile client does.
+        data = None if payload is None else json.dumps(payload)
+        return self.http.post(self.base_url + route, data=data, headers={"Content-Type": "application/json"},
                               timeout=kwargs.pop("timeout", 30), **kwargs)
 
     def object_info(self, node_class: str | None = None) -> dict:

@@ -508,7 +508,7 @@ def test_recording_resumes_and_is_never_cached(comfy, models):
     message = run_error(comfy, record_graph("resume_test", seed=5))
     assert "other settings" in message and "seed" in message
     message = run_error(comfy, record_graph("../outside"))
-    assert "must be a relative folder name" in message
+    assert "must name a folder under" in message
 
 
 def test_recording_a_dimoo_folder(comfy, models):
@@ -539,3 +539,80 @@ def test_interrupted_recording_keeps_finished_shards_and_continues(comfy, models
     graph["2"]["inputs"]["count_per_class"] = done + 1  # the same settings, continued: one more trajectory
     summary = comfy.run(graph, timeout=120)["outputs"]["2"]["text"][0]
     assert "wrote 1 trajectories" in summary and f"{done} were already on disk" in summary
+
+
+# -- bad input to the nodes, table-driven ----------------------------------------------------
+
+
+def node_refusal(comfy, graph) -> tuple[str, str]:
+    """('validation', message) for a graph the server refuses at queue time, or ('run', 'Type: message')
+    for one refused when the node runs; fails if the graph runs."""
+    status, body = comfy.queue(graph)
+    if status == 400:
+        details = [e.get("details", "") or e.get("message", "") for errors in body.get("node_errors", {}).values()
+                   for e in errors["errors"]]
+        return "validation", " | ".join(details) or json.dumps(body)
+    assert status == 200, body
+    entry = comfy.wait(body["prompt_id"], timeout=120)
+    error = execution_error(entry)
+    assert status_str(entry) == "error" and error, f"ran although the input is bad: {status_str(entry)}"
+    return "run", f"{error['exception_type']}: {error['exception_message']}"
+
+
+def sampler_case(**inputs):
+    return lambda: generate_graph(prefix="bad_input", **inputs)
+
+
+def record_case(**inputs):
+    return lambda: record_graph(inputs.pop("output_name", "bad_input_rec"), **inputs)
+
+
+NAN, INF = float("nan"), float("inf")
+# (case, graph, words the message must hold: the input's name and what is wrong)
+NODE_CASES = [
+    ("sampler cfg NaN", sampler_case(cfg=NAN), ["cfg", "finite"]),
+    ("sampler cfg inf", sampler_case(cfg=INF), ["cfg"]),
+    ("sampler sm_temp NaN", sampler_case(sm_temp=NAN), ["sm_temp", "finite"]),
+    ("sampler r_temp -inf", sampler_case(r_temp=-INF), ["r_temp"]),
+    ("sampler class range too large", sampler_case(classes="0-99999999"), ["class range", "0-99999999"]),
+    ("sampler fractional class", sampler_case(classes="1.5"), ["class", "1.5"]),
+    ("sampler unknown class name", sampler_case(classes="a red shoe"), ["class", "a red shoe"]),
+    ("sampler empty classes", sampler_case(classes=" , "), ["class"]),
+    ("sampler batch 0", sampler_case(batch_size=0), ["batch_size"]),
+    ("sampler steps 0", sampler_case(steps=0), ["steps"]),
+    ("sampler fractional full-step entry", sampler_case(full_step_list="0,2.5"), ["full_step_list", "2.5"]),
+    ("sampler text full-step entry", sampler_case(full_step_list="0,x"), ["full_step_list", "x"]),
+    ("sampler full step list without step 0", sampler_case(full_step_list="2,5"), ["full_step_list", "0"]),
+    ("sampler B > N", sampler_case(steps=4, full_steps=6), ["full_steps", "steps"]),
+    ("sampler unknown preset", sampler_case(preset="turbo"), ["preset", "turbo"]),
+    ("sampler shortcut of other weights", sampler_case(shortcut=OTHER_SC), ["fingerprint", OTHER_SC]),
+    ("sampler missing model file", lambda: generate_graph(migm="no_such.safetensors", prefix="bad_input"),
+     ["migm_name", "no_such.safetensors", "pick one from the list"]),
+    ("shortcut file gone", sampler_case(shortcut="gone.safetensors"), ["shortcut_name", "gone.safetensors"]),
+    ("record cfg NaN", record_case(cfg=NAN), ["cfg", "finite"]),
+    ("record r_temp inf", record_case(r_temp=INF), ["r_temp"]),
+    ("record class range too large", record_case(classes="0-99999999"), ["class range"]),
+    ("record fractional class", record_case(classes="0,1.5"), ["class", "1.5"]),
+    ("record count 0", record_case(count_per_class=0), ["count_per_class"]),
+    ("record output outside", record_case(output_name="../outside"), ["output_name", "relative"]),
+    ("record absolute output", record_case(output_name="/tmp/rec"), ["output_name", "relative"]),
+    ("record output folder itself", record_case(output_name="."), ["output_name", "not the output folder itself"]),
+    ("record empty output name", record_case(output_name=""), ["output_name"]),
+    ("record shard not a multiple of batch", record_case(batch_size=2, shard_size=3), ["shard", "batch"]),
+]
+
+
+def output_snapshot(comfy) -> dict:
+    return {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in comfy.output_dir.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name, make, words", NODE_CASES, ids=[c[0] for c in NODE_CASES])
+def test_nodes_refuse_bad_input_by_name(comfy, models, name, make, words):
+    before = output_snapshot(comfy)
+    when, message = node_refusal(comfy, make())
+    if when == "run":  # the library's kinds of error, not a torch or Python traceback
+        kind = message.split(":", 1)[0].rsplit(".", 1)[-1]
+        assert kind in ("ValueError", "TypeError", "CheckpointError", "ManifestError"), message
+    for word in words:
+        assert word in message, f"{name}: {word!r} not in {message!r}"
+    assert output_snapshot(comfy) == before, "a refused input changed the output folder"
