@@ -80,3 +80,52 @@ def test_calibrated_placements_round_trip_and_fall_back(tmp_path):
         resolve_placement(8, [0, 2], "calibrated", shortcut)
     with pytest.raises(ValueError, match="placement must be one of"):
         generate(migm, classes=0, steps=4, full_steps=2, shortcut=shortcut, placement="smart")
+
+
+def committed_drift(migm, run: list, plain: list) -> float:
+    """What calibration minimises, measured on sampled runs against the plain run of the same seed:
+    per step, the feature MSE at the positions still masked, weighted by the share of the image
+    that step commits."""
+    L = migm.config.num_image_tokens
+    revealed = plain[-1][1][:, :L]  # the plain run's step of reveal for each image position
+    total = 0.0
+    for step, ((feats, _), (plain_feats, _)) in enumerate(zip(run, plain)):
+        masked = (revealed >= step).float().repeat(feats.shape[0] // revealed.shape[0], 1)
+        mse = ((feats - plain_feats) ** 2).mean(-1)[:, :L]
+        total += float((revealed == step).float().mean()) * float((mse * masked).sum() / masked.sum().clamp(min=1))
+    return total
+
+
+def test_calibrated_run_drifts_less_from_the_plain_run_than_the_paper_placement(tmp_path):
+    """A shortcut that copies the previous feature (its output layer zeroed: the residual is all
+    that is left) drifts most where the base features move most; calibration on recorded
+    trajectories must find those steps, and sampling with its placement must follow the plain
+    run more closely than the paper's even placement, on seeds the recording never saw."""
+    from training.calibrate import main as calibrate_main
+    from training.record import main as record_main
+
+    base = tmp_path / "base.safetensors"
+    save_migm(tiny_migm(vqgan=False), base)
+    migm = load_migm(base)
+    copy = tiny_shortcut(migm)
+    torch.nn.init.zeros_(copy.proj_out.weight)
+    torch.nn.init.zeros_(copy.proj_out.bias)
+    save_shortcut(copy, tmp_path / "copy.safetensors", base_fingerprint=migm.fingerprint)
+    assert record_main(["--migm", str(base), "--out", str(tmp_path / "rec"), "--count", "64", "--steps", "8",
+                        "--batch", "32", "--no-progress"]) == 0
+    assert calibrate_main(["--data", str(tmp_path / "rec"), "--migm", str(base), "--shortcut",
+                           str(tmp_path / "copy.safetensors"), "--steps", "8", "--budgets", "3", "--metric", "mse",
+                           "--val-fraction", "0.5", "--val-max", "64"]) == 0
+    shortcut = load_shortcut(tmp_path / "copy.safetensors", migm)
+    assert calibrated_indices(shortcut, 8, 3) != full_step_indices(8, 3)  # calibration moved the full steps
+
+    def steps_of(**kw):
+        seen = []
+        generate(migm, classes=list(range(migm.config.num_classes)) * 20, steps=8, seed=123, decode=False,
+                 callback=lambda info: seen.append((info.feats.clone(), info.state.revealed_at.clone())), **kw)
+        return seen
+
+    plain = steps_of()
+    paper = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3), plain)
+    calibrated = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3, placement="calibrated"), plain)
+    assert calibrated < 0.95 * paper, (calibrated, paper)
