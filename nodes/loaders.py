@@ -9,7 +9,7 @@ from comfy_api.latest import io
 
 from ..shortcut_core import load_migm, load_shortcut
 from ..shortcut_core.devices import resolve_device
-from . import folders
+from . import folders, memory
 from .cache import LoadedModels
 from .types import MIGM, SHORTCUT, LoadedShortcut
 
@@ -69,7 +69,11 @@ class LoadMIGM(io.ComfyNode):
 
         def load():
             log.info("MIGM-Shortcut: loading %s on %s (%s)", path, target, dtype)
-            return load_migm(path, vq_path, device=target, dtype=None if dtype == "auto" else dtype)
+            # loaded where it runs (the dtype 'auto' picks depends on that device), then handed to
+            # ComfyUI's model management, which offloads it when the memory is wanted elsewhere
+            migm = load_migm(path, vq_path, device=target, dtype=None if dtype == "auto" else dtype)
+            memory.manage_migm(migm, *memory.devices(device, target))
+            return migm
 
         return io.NodeOutput(LOADED.get(key, load))
 
@@ -101,4 +105,5 @@ class LoadShortcut(io.ComfyNode):
         path = folders.resolve("migm_shortcut", shortcut_name, "shortcut_name")
         # A shortcut that does not fit raises CheckpointError, whose message names the file and the remedy.
         shortcut = load_shortcut(path, migm, allow_fingerprint_mismatch=allow_fingerprint_mismatch)
+        memory.manage_shortcut(shortcut, migm)
         return io.NodeOutput(LoadedShortcut(shortcut, migm, path.name))

@@ -26,6 +26,7 @@ from .options import (
     parse_classes,
     parse_prompts,
 )
+from . import memory
 from .types import MIGM
 
 log = logging.getLogger("migm_shortcut")
@@ -142,6 +143,7 @@ class RecordTrajectories(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()  # raises: finished shards stay
             return False
 
+        memory.bring(migm)
         result = record.record_trajectories(
             migm, root, count=count, **family, steps=steps or None, batch_size=batch_size or None,
             shard_size=shard_size or None, feature_dtype=feature_dtype, seed=seed,

@@ -24,6 +24,7 @@ from .options import (
     step_plan,
     unused_step_inputs,
 )
+from . import memory
 from .types import MIGM, SHORTCUT
 
 log = logging.getLogger("migm_shortcut")
@@ -153,6 +154,7 @@ class ShortcutSampler(io.ComfyNode):
         comfy.model_management.throw_exception_if_processing_interrupted()
         if isinstance(plan.full_steps, list):
             placement = PAPER  # an explicit list is its own placement
+        memory.bring(migm, model)
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
                           callback=on_step, placement=placement, **conditions, **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"

@@ -231,3 +231,7 @@ class MaskGITMIGM:
                 f"but MIGM {self.name!r} has vocab {self.config.vocab_size} and sequence {self.config.seq_len}; "
                 f"load it with load_shortcut(path, migm)"
             )
+        if shortcut.wte.data_ptr() != self.model.tok_emb.weight.data_ptr():
+            # the MIGM was moved (to another device, by ComfyUI's model management...) after the
+            # shortcut was bound: follow its embeddings where they are now (a view, no copy)
+            shortcut.bind_embeddings(self.model.tok_emb.weight, self.model.pos_emb)

@@ -186,3 +186,17 @@ def test_a_maskgit_shortcut_file_is_refused(migm, tmp_path):
     torch.save(maskgit.state_dict(), tmp_path / "maskgit.pth")
     with pytest.raises(CheckpointError, match="not a DiMOO shortcut"):
         load_shortcut(tmp_path / "maskgit.pth", migm)
+
+
+def test_shortcut_follows_its_migm_when_the_weights_move(folder):
+    """As for MaskGIT: the token table the shortcut reads is the MIGM's current one after a move."""
+    migm = load_migm(folder)
+    torch.manual_seed(3)
+    shortcut = migm.build_shortcut(SHORTCUT_PRESETS["tiny"]).eval()
+    before = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=1, **SIZE)
+    old = shortcut.wte
+    migm.model._apply(lambda t: t.clone())
+    old.zero_()
+    after = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=1, **SIZE)
+    assert shortcut.wte.data_ptr() == migm.model.wte.weight.data_ptr()
+    assert torch.equal(before.tokens, after.tokens)

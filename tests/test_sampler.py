@@ -120,3 +120,17 @@ def test_guiding_features_equals_guiding_logits(migm):
     on_logits = (1 + w) * head(cond, positions) - w * head(uncond, positions)
     on_features = head((1 + w) * cond - w * uncond, positions)
     assert torch.allclose(on_logits, on_features, atol=1e-4)
+
+
+def test_shortcut_follows_its_migm_when_the_weights_move():
+    """ComfyUI's model management moves a loaded MIGM (``Module.to``: every weight gets new storage)
+    after its shortcut was bound; the shortcut must read the base embeddings where they are now."""
+    migm = tiny_migm()
+    shortcut = tiny_shortcut(migm)
+    before = generate(migm, classes=[0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=3, decode=False)
+    old = shortcut.wte
+    migm.model._apply(lambda t: t.clone())  # what a move to another device does, here on the CPU
+    old.zero_()  # the table the shortcut was bound to is gone (freed on the old device)
+    after = generate(migm, classes=[0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=3, decode=False)
+    assert shortcut.wte.data_ptr() == migm.model.tok_emb.weight.data_ptr()
+    assert torch.equal(before.tokens, after.tokens)

@@ -336,10 +336,10 @@ class DiMOOMIGM:
                 f"shortcut maps features of width {shortcut.config.dim} but MIGM {self.name!r} has width "
                 f"{self.config.d_model}; pick a shortcut trained for this model"
             )
-        if shortcut.wte is None:
-            shortcut.bind(self.model.wte)
-        elif shortcut.wte.shape != self.model.wte.weight.shape:
+        if shortcut.wte is not None and shortcut.wte.shape != self.model.wte.weight.shape:
             raise ValueError(
                 f"shortcut is bound to an embedding table of shape {tuple(shortcut.wte.shape)} but MIGM {self.name!r} "
                 f"has {tuple(self.model.wte.weight.shape)}; load it with load_shortcut(path, migm)"
             )
+        if shortcut.wte is None or shortcut.wte.data_ptr() != self.model.wte.weight.data_ptr():
+            shortcut.bind(self.model.wte)  # unbound, or the MIGM was moved since: its table where it is now

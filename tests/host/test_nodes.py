@@ -616,3 +616,45 @@ def test_nodes_refuse_bad_input_by_name(comfy, models, name, make, words):
     for word in words:
         assert word in message, f"{name}: {word!r} not in {message!r}"
     assert output_snapshot(comfy) == before, "a refused input changed the output folder"
+
+
+# -- ComfyUI's model management --------------------------------------------------------------
+
+
+def weight_lines(comfy, since: int) -> list[str]:
+    """The pack's 'weights on …' console lines written after character ``since`` of the log."""
+    return [line.split("MIGM-Shortcut: ", 1)[1] for line in comfy.log_text()[since:].splitlines()
+            if "MIGM-Shortcut: weights on" in line]
+
+
+def test_models_are_loaded_and_freed_by_comfyui(comfy, models):
+    graph = generate_graph(prefix="managed", seed=11)
+    two = generate_graph(prefix="managed_two", seed=12)  # a second base model in the same graph
+    two["5"] = {"class_type": "LoadMIGM", "inputs": {"migm_name": TINY_NOVQ, "vq_name": TINY_VQ, "device": "auto",
+                                                     "dtype": "auto"}}
+    two["6"] = {"class_type": "MIGMShortcutSampler",
+                "inputs": {**SAMPLER, "classes": "1", "steps": 2, "full_steps": 2, "migm": ["5", 0]}}
+    two["7"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 1]}}
+    for node in (graph, two):
+        node["1"]["inputs"]["device"] = "auto"  # ComfyUI's device: the one model management serves
+
+    mark = len(comfy.log_text())
+    first = images_of(comfy, comfy.run(graph, timeout=120))
+    comfy.run(two, timeout=120)
+    assert weight_lines(comfy, mark)[0] == "weights on cpu: loaded tiny, shortcut", comfy.log_tail()
+    assert "weights on cpu: loaded tiny" in weight_lines(comfy, mark)[1:]  # the second base model came in
+    mark = len(comfy.log_text())
+    two["3"]["inputs"]["seed"], two["6"]["inputs"]["seed"] = 21, 22  # new work, nothing cached
+    comfy.run(two, timeout=120)
+    # both base models (and the shortcut) stayed loaded side by side: nothing is loaded again
+    assert sorted(weight_lines(comfy, mark)) == ["weights on cpu: already loaded (tiny)",
+                                                 "weights on cpu: already loaded (tiny, shortcut)"]
+
+    assert comfy.free(unload_models=True, free_memory=False) == 200
+    time.sleep(2)  # the server's worker takes the flag as soon as it is idle
+    mark = len(comfy.log_text())
+    again = images_of(comfy, comfy.run(generate_graph(prefix="managed_after_free", seed=11) | {"1": graph["1"]},
+                                       timeout=120))
+    lines = weight_lines(comfy, mark)
+    assert lines == ["weights on cpu: loaded tiny, shortcut"], lines  # /free had unloaded them
+    assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))

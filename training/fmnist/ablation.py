@@ -25,13 +25,15 @@ from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_co
 
 
 def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int, classifier,
-             ref) -> tuple[float, float]:
-    """(FD-FMNIST, sampling ms per image) of ``images`` images in chunks of ``batch`` (seed = chunk)."""
+             ref, placement: str | None = None) -> tuple[float, float]:
+    """(FD-FMNIST, sampling ms per image) of ``images`` images in chunks of ``batch`` (seed = chunk);
+    placement None: the file's calibrated one for (steps, full) when it has one."""
+    if placement is None:
+        placement = "calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper"
     out, seconds = [], 0.0
     for chunk in range(-(-images // batch)):
         r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
-                     shortcut=shortcut if full is not None else None, seed=chunk,
-                     placement="calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper")
+                     shortcut=shortcut if full is not None else None, seed=chunk, placement=placement)
         out.append(to_uint8(r.images))
         seconds += r.stats.seconds
     import numpy as np

@@ -1,0 +1,124 @@
+"""Experiment: decide full steps during sampling from a cheap signal, with the budget B as a cap.
+
+Rule (decided for the whole batch, which shares one base pass): step 0 is full. At every
+later step the shortcut predicts the next feature anyway (it is cheap); the relative size of
+the change it predicts, mean over the batch of ||pred - prev|| / ||prev|| per position, is
+added to a drift account since the last full step. When the account reaches ``tau`` and
+full steps are left, the step runs the base model instead (the prediction is dropped) and
+the account starts again. ``tau`` is set per regime from one chunk of seeds the evaluation
+never uses (100 images): about the smallest value whose uncapped rule spends at most B full
+steps, so the rule places about B full steps without being cut off by the cap.
+
+It is compared with the paper's even placement at the same N and B, on the same seeds, by
+FD-FMNIST (the sweep's metric). An experiment, not a sampler option: the sampler keeps the
+placements that are measured to work.
+
+    python -m training.fmnist.adaptive --steps 16 --budget 4 --images 1000 --out runs/fmnist/adaptive.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shortcut_core import load_migm, load_shortcut
+from training.fmnist.ablation import quick_fd
+from training.fmnist.classifier import load_classifier
+from training.fmnist.fd import fd_fmnist, reference_stats
+from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
+TUNING_SEED = 10_000  # far from the evaluation chunks' seeds 0, 1, ...
+
+
+@torch.inference_mode()
+def adaptive_run(migm, shortcut, classes, *, steps: int, budget: int | None, tau: float, seed: int):
+    """(images or None, full-step indices) of one batch under the rule; budget None: uncapped."""
+    generator = torch.Generator(device=migm.device).manual_seed(seed)
+    state = migm.start(classes, steps=steps, generator=generator)
+    feats, account, full = None, 0.0, []
+    for step in range(steps):
+        if step > 0:
+            pred = migm.shortcut_features(shortcut, feats, state)
+            change = (pred - feats).norm(dim=-1) / feats.norm(dim=-1).clamp(min=1e-6)
+            account += float(change.mean())
+            if account < tau or (budget is not None and len(full) >= budget):
+                feats = pred
+                migm.advance(state, feats, step, generator)
+                continue
+        feats = migm.base_features(state)
+        full.append(step)
+        account = 0.0
+        migm.advance(state, feats, step, generator)
+    return migm.decode(state), full
+
+
+def tune_tau(migm, shortcut, regime: str, steps: int, budget: int, batch: int = 100) -> tuple[float, list[int]]:
+    """About the smallest tau whose uncapped rule spends at most ``budget`` full steps (bisection
+    in log tau; the count falls as tau grows)."""
+    classes = regime_classes(regime, batch)
+
+    def full_at(tau: float) -> list[int]:
+        return adaptive_run(migm, shortcut, classes, steps=steps, budget=None, tau=tau, seed=TUNING_SEED)[1]
+
+    lo, hi = np.log(0.01), np.log(50.0)
+    if len(full_at(float(np.exp(hi)))) > budget:
+        raise ValueError(f"no tau up to 50 keeps the rule within {budget} full steps")
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if len(full_at(float(np.exp(mid)))) > budget else (lo, mid)
+    return float(np.exp(hi)), full_at(float(np.exp(hi)))
+
+
+def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, classifier, ref) -> dict:
+    tau, tuning_full = tune_tau(migm, shortcut, regime, steps, budget)
+    out, placements = [], []
+    for chunk in range(-(-images // batch)):  # chunk k has seed k, as quick_fd's chunks
+        imgs, full = adaptive_run(migm, shortcut, regime_classes(regime, batch), steps=steps, budget=budget, tau=tau,
+                                  seed=chunk)
+        out.append(to_uint8(imgs))
+        placements.append(full)
+    adaptive = fd_fmnist(np.concatenate(out)[:images], classifier, ref)
+    paper, _ = quick_fd(migm, shortcut, regime, steps, budget, images, batch, classifier, ref, placement="paper")
+    plain, _ = quick_fd(migm, None, regime, steps, None, images, batch, classifier, ref)
+    return {"regime": regime, "steps": steps, "budget": budget, "images": images, "tau": tau,
+            "tuning_placement": tuning_full, "placements": placements, "fd_adaptive": adaptive, "fd_paper": paper,
+            "fd_plain": plain}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(prog="python -m training.fmnist.adaptive", description=__doc__.split("\n\n")[0])
+    p.add_argument("--migm", default=str(DEFAULT_MIGM))
+    p.add_argument("--shortcut", default=str(DEFAULT_SHORTCUT))
+    p.add_argument("--regimes", default="cond,uncond", help="comma list of: " + ", ".join(REGIMES))
+    p.add_argument("--steps", type=int, default=16)
+    p.add_argument("--budget", type=int, default=4, help="most full steps per run (the cap B)")
+    p.add_argument("--images", type=int, default=1000)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=Path("runs/fmnist/adaptive.json"))
+    args = p.parse_args(argv)
+    if not 1 <= args.budget < args.steps:
+        p.error(f"--budget must be between 1 and --steps - 1, got {args.budget}")
+    torch.set_num_threads(args.threads)
+    migm = load_migm(args.migm)
+    shortcut = load_shortcut(args.shortcut, migm)
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    rows = []
+    for regime in args.regimes.split(","):
+        row = evaluate(migm, shortcut, regime.strip(), args.steps, args.budget, args.images, args.batch, classifier,
+                       ref)
+        rows.append(row)
+        print(f"{regime}: N={args.steps} B<={args.budget}: adaptive FD {row['fd_adaptive']:.1f} (tau {row['tau']:.3g}, "
+              f"placements {row['placements']}), paper FD {row['fd_paper']:.1f}, plain N={args.steps} "
+              f"FD {row['fd_plain']:.1f}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
