@@ -5,10 +5,12 @@ import logging
 
 import comfy.model_management
 import comfy.utils
+from comfy.cli_args import LatentPreviewMethod, args
 from comfy_api.latest import io, ui
 
 from ..shortcut_core import REVEAL_MODES, generate
 from ..shortcut_core.placement import PAPER, PLACEMENTS
+from . import memory
 from .options import (
     CUSTOM,
     MODEL_DEFAULT,
@@ -24,7 +26,7 @@ from .options import (
     step_plan,
     unused_step_inputs,
 )
-from . import memory
+from .previews import PreviewPacer, preview_image
 from .types import MIGM, SHORTCUT
 
 log = logging.getLogger("migm_shortcut")
@@ -146,9 +148,14 @@ class ShortcutSampler(io.ComfyNode):
             model, mode = shortcut.model, f"shortcut {shortcut.name}"
 
         progress = comfy.utils.ProgressBar(plan.steps)
+        pacer = PreviewPacer() if args.preview_method != LatentPreviewMethod.NoPreviews else None
 
         def on_step(info) -> None:
-            progress.update_absolute(info.step + 1, info.steps)
+            preview = None
+            if pacer is not None and pacer.due(info.step, info.steps):
+                preview = ("JPEG", pacer.timed(lambda: preview_image(migm.preview(info.state, info.feats),
+                                                                     args.preview_size)), args.preview_size)
+            progress.update_absolute(info.step + 1, info.steps, preview)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
         comfy.model_management.throw_exception_if_processing_interrupted()

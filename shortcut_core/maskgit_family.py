@@ -190,6 +190,18 @@ class MaskGITMIGM:
     def final_tokens(self, state: MaskGITState) -> torch.Tensor:
         return state.tokens.reshape(state.batch, self.config.grid, self.config.grid)
 
+    @torch.inference_mode()
+    def preview(self, state: MaskGITState, feats: torch.Tensor, index: int = 0) -> torch.Tensor:
+        """Image ``index`` as it stands after a step: its tokens so far, each still-masked position
+        filled with the most likely code under this step's (conditional) features; (H, W, 3) on the CPU."""
+        tokens = state.tokens[index:index + 1].clone()
+        masked = tokens == self.config.mask_id  # (1, L)
+        if bool(masked.any()):
+            positions = masked[0].nonzero()[:, 0][None]  # (1, m)
+            picked = feats[index:index + 1].gather(1, positions[..., None].expand(-1, -1, feats.shape[-1]))
+            tokens.scatter_(1, positions, self.model.head(picked.float(), positions).argmax(-1))
+        return self.decode_tokens(tokens.reshape(1, self.config.grid, self.config.grid))[0]
+
     def decode(self, state: MaskGITState) -> torch.Tensor:
         return self.decode_tokens(self.final_tokens(state))
 

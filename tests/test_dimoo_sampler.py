@@ -200,3 +200,11 @@ def test_shortcut_follows_its_migm_when_the_weights_move(folder):
     after = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=1, **SIZE)
     assert shortcut.wte.data_ptr() == migm.model.wte.weight.data_ptr()
     assert torch.equal(before.tokens, after.tokens)
+
+
+def test_preview_during_sampling(migm):
+    seen = []
+    result = sample(migm, "a red cat", steps=STEPS, seed=1,
+                    callback=lambda info: seen.append(migm.preview(info.state, info.feats)), **SIZE)
+    assert len(seen) == STEPS and tuple(seen[0].shape) == tuple(result.images[0].shape)
+    assert torch.equal(seen[-1], result.images[0])

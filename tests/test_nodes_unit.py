@@ -177,3 +177,47 @@ def test_the_report_names_the_step_inputs_a_preset_overrides(options):
     assert options.unused_step_inputs("custom", "  ") == []
     assert options.unused_step_inputs(options.OFF) == ["full_steps"]  # off keeps N, runs every step in full
     assert options.unused_step_inputs("MaskGIT paper N=32 B=12", "0,4") == ["steps", "full_steps", "full_step_list"]
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_previews_keep_within_their_time_budget():
+    import_pack()
+    previews = importlib.import_module(f"{PACK}.nodes.previews")
+    for step_s, preview_s in ((0.010, 0.0005), (0.010, 0.030), (0.002, 0.050)):  # cheap and costly previews
+        clock = FakeClock()
+        pacer = previews.PreviewPacer(budget=0.1, clock=clock)
+        shown = []
+        for step in range(200):
+            clock.now += step_s  # the step itself
+            if pacer.due(step, 200):
+                pacer.timed(lambda: setattr(clock, "now", clock.now + preview_s))
+                shown.append(step)
+        sampling = 200 * step_s
+        # within budget, up to the one preview made before its cost was known
+        assert pacer.spent <= 0.1 * sampling + preview_s, (step_s, preview_s, pacer.spent)
+        assert shown and shown[0] == 0 and 199 not in shown  # the first right away, none after the last step
+        if preview_s < 0.1 * step_s:
+            assert len(shown) == 199  # cheap enough: after every step
+        else:
+            assert pacer.spent >= 0.1 * sampling - 2 * preview_s  # costly: spaced, but the budget is used
+
+
+def test_preview_image_enlarges_tiny_images_pixel_for_pixel():
+    import_pack()
+    previews = importlib.import_module(f"{PACK}.nodes.previews")
+    import numpy as np
+    import torch
+
+    image = torch.rand(28, 28, 3)
+    picture = previews.preview_image(image, 512)
+    assert picture.size == (504, 504)  # 18x: the largest whole factor within 512 px
+    pixels = np.asarray(picture)
+    assert (pixels[::18, ::18] == (image.numpy() * 255 + 0.5).astype(np.uint8)).all()
+    assert previews.preview_image(torch.rand(512, 768, 3), 512).size == (768, 512)  # large ones as they are

@@ -134,3 +134,25 @@ def test_shortcut_follows_its_migm_when_the_weights_move():
     after = generate(migm, classes=[0, 1], steps=6, full_steps=2, shortcut=shortcut, seed=3, decode=False)
     assert shortcut.wte.data_ptr() == migm.model.tok_emb.weight.data_ptr()
     assert torch.equal(before.tokens, after.tokens)
+
+
+def test_preview_shows_the_tokens_so_far_and_the_step_prediction_elsewhere(migm, monkeypatch):
+    decoded, checked = [], []
+    real_decode = migm.decode_tokens
+    monkeypatch.setattr(migm, "decode_tokens", lambda tokens: decoded.append(tokens.clone()) or real_decode(tokens))
+
+    def look(info):
+        image = migm.preview(info.state, info.feats, index=1)
+        tokens = decoded[-1].reshape(-1)
+        so_far = info.state.tokens[1]
+        masked = so_far == migm.config.mask_id
+        assert torch.equal(tokens[~masked], so_far[~masked])  # what is revealed shows as it is
+        if masked.any():  # the rest: the head's most likely code under this step's features
+            where = torch.zeros(info.feats.shape[:2], dtype=torch.bool)
+            where[1, : masked.numel()] = masked
+            assert torch.equal(tokens[masked], migm.head_logits(info.feats, where).argmax(-1))
+        checked.append(image)
+
+    result = generate(migm, classes=[0, 1], steps=4, seed=5, callback=look)
+    assert len(checked) == 4 and all(tuple(p.shape) == tuple(result.images[1].shape) for p in checked)
+    assert torch.equal(checked[-1], result.images[1])  # nothing masked after the last step: the image itself

@@ -297,6 +297,20 @@ class DiMOOMIGM:
     def decode(self, state: DiMOOState) -> torch.Tensor:
         return self.decode_tokens(self.final_tokens(state))
 
+    @torch.inference_mode()
+    def preview(self, state: DiMOOState, feats, index: int = 0) -> torch.Tensor:
+        """Image ``index`` as it stands after a step: its tokens so far, each still-masked position
+        filled with the most likely code under this step's (conditional) features; (H, W, 3) on the CPU."""
+        c = self.config
+        image = state.image[index:index + 1].clone()
+        masked = image == c.mask_id  # (1, L)
+        if bool(masked.any()):
+            idx = masked[0].nonzero()[:, 0][None]  # (1, m)
+            logits = self.model.image_logits(feats[0][index:index + 1],
+                                             state.cond_image_pos[index:index + 1].gather(1, idx))
+            image.scatter_(1, idx, logits.argmax(-1) + c.image_offset)
+        return self.decode_tokens((image - c.image_offset).reshape(1, state.rows, state.cols))[0]
+
     def decode_tokens(self, codes: torch.Tensor) -> torch.Tensor:
         """(B, rows, cols) codes -> (B, H, W, 3) float32 in [0, 1] on the CPU."""
         if self.vq is None:

@@ -233,6 +233,7 @@ class WebSocketListener:
             raise RuntimeError("websocket-client is missing: run scripts/setup_comfyui.sh")
         self.client_id = client_id
         self.messages: list[dict] = []
+        self.previews: list[bytes] = []  # binary frames, in order of arrival
         self._changed = threading.Condition()
         url = base_url.replace("http://", "ws://", 1) + f"/ws?clientId={client_id}"
         self._socket = websocket.create_connection(url, timeout=connect_timeout)
@@ -253,7 +254,10 @@ class WebSocketListener:
                 continue
             except (websocket.WebSocketException, OSError):
                 break
-            if isinstance(frame, bytes):  # binary preview images
+            if isinstance(frame, bytes):  # binary preview images: event type, image type, image bytes
+                with self._changed:
+                    self.previews.append(frame)
+                    self._changed.notify_all()
                 continue
             if not frame:  # a close frame reads as an empty string
                 if not self._socket.connected:

@@ -223,6 +223,7 @@ def test_generate_workflow_runs_from_the_page(page, comfy, models):
     assert report.startswith(f"full {b}/{n}, shortcut {n - b}, base passes {b} (plain: {n})"), report
     shortcut = DEFAULT_SHORTCUT if DEFAULTS_SHIPPED else TINY_SC
     assert f"; shortcut {shortcut} on " in report
+    assert page.widgets(3)["report"] == report  # and on the sampler node itself (web/js/report_on_node.js)
     assert page.dialogs() == []
     assert page.unexpected_errors() == []
 

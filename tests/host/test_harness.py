@@ -7,7 +7,7 @@ from comfy_client import HARNESS_PACK_NAME, execution_error, status_messages, st
 
 BROKEN_PACKS = ("migm_harness_broken_import", "migm_harness_broken_entrypoint")  # conftest.py
 
-HARNESS_NODES = ("HarnessEcho", "HarnessSlow", "HarnessModels", "HarnessImage", "HarnessClock")
+HARNESS_NODES = ("HarnessEcho", "HarnessSlow", "HarnessModels", "HarnessImage", "HarnessClock", "HarnessPreviewMethod")
 
 
 def echo_prompt(value, text="hello"):

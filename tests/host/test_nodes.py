@@ -658,3 +658,44 @@ def test_models_are_loaded_and_freed_by_comfyui(comfy, models):
     lines = weight_lines(comfy, mark)
     assert lines == ["weights on cpu: loaded tiny, shortcut"], lines  # /free had unloaded them
     assert len(again) == len(first) and all(np.array_equal(a, b) for a, b in zip(first, again))
+
+
+# -- live previews ---------------------------------------------------------------------------
+
+
+def set_preview_method(comfy, method: str) -> None:
+    """What starting ComfyUI with --preview-method METHOD sets, set at run time (test harness node)."""
+    comfy.run({"1": {"class_type": "HarnessPreviewMethod", "inputs": {"method": method}}}, timeout=60)
+
+
+def previews_of_run(comfy, graph) -> tuple[list[Image.Image], dict]:
+    with comfy.listen() as ws:
+        status, body = comfy.queue(graph, client_id=ws.client_id)
+        assert status == 200, body
+        ws.wait_for("executing", prompt_id=body["prompt_id"], where=lambda d: d["node"] is None, timeout=120)
+        frames = list(ws.previews)
+    entry = comfy.wait(body["prompt_id"], timeout=60)
+    images = []
+    for frame in frames:
+        event, kind = int.from_bytes(frame[:4], "big"), int.from_bytes(frame[4:8], "big")
+        assert (event, kind) == (1, 1), (event, kind)  # PREVIEW_IMAGE, JPEG
+        images.append(Image.open(io.BytesIO(frame[8:])).convert("RGB"))
+    return images, entry
+
+
+def test_live_previews_follow_comfyuis_preview_setting(comfy, models):
+    graph = generate_graph(prefix="previews", seed=4, steps=8, full_steps=3, classes="0,1")
+    try:
+        set_preview_method(comfy, "auto")
+        shown, entry = previews_of_run(comfy, graph)
+        assert 1 <= len(shown) <= 7, len(shown)  # never after the last step: that is the result itself
+        assert all(p.size == (512, 512) for p in shown), [p.size for p in shown]  # 16 px, 32x: --preview-size
+        final = images_of(comfy, entry)[0]
+        last = np.asarray(shown[-1].resize((TINY_SIZE, TINY_SIZE), Image.NEAREST)).astype(int)
+        assert np.abs(last - final.astype(int)).mean() < 40  # the image forming is this image (JPEG-blurred)
+        set_preview_method(comfy, "none")
+        graph["3"]["inputs"]["seed"] = 5
+        shown, _ = previews_of_run(comfy, graph)
+        assert shown == []  # --preview-method none: no previews at all
+    finally:
+        set_preview_method(comfy, "none")  # the server's flag, as the other tests expect it

@@ -10,7 +10,7 @@ never uses (100 images): about the smallest value whose uncapped rule spends at 
 steps, so the rule places about B full steps without being cut off by the cap.
 
 It is compared with the paper's even placement at the same N and B, on the same seeds, by
-FD-FMNIST (the sweep's metric). An experiment, not a sampler option: the sampler keeps the
+FD-FMNIST (the sweep's metric), all images and two seed blocks. An experiment, not a sampler option: the sampler keeps the
 placements that are measured to work.
 
     python -m training.fmnist.adaptive --steps 16 --budget 4 --images 1000 --out runs/fmnist/adaptive.json
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shortcut_core import load_migm, load_shortcut
+from shortcut_core import generate, load_migm, load_shortcut
 from training.fmnist.ablation import quick_fd
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_fmnist, reference_stats
@@ -72,20 +72,36 @@ def tune_tau(migm, shortcut, regime: str, steps: int, budget: int, batch: int = 
     return float(np.exp(hi)), full_at(float(np.exp(hi)))
 
 
-def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, classifier, ref) -> dict:
+def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, classifier, ref,
+             plain: bool = False) -> dict:
+    """The rule vs the paper's placement on the same seeds: FD of all images and of the two seed
+    blocks (first and second half of the chunks), whose difference shows the noise."""
     tau, tuning_full = tune_tau(migm, shortcut, regime, steps, budget)
+    chunks = -(-images // batch)
     out, placements = [], []
-    for chunk in range(-(-images // batch)):  # chunk k has seed k, as quick_fd's chunks
+    for chunk in range(chunks):  # chunk k has seed k, as quick_fd's chunks
         imgs, full = adaptive_run(migm, shortcut, regime_classes(regime, batch), steps=steps, budget=budget, tau=tau,
                                   seed=chunk)
         out.append(to_uint8(imgs))
         placements.append(full)
-    adaptive = fd_fmnist(np.concatenate(out)[:images], classifier, ref)
-    paper, _ = quick_fd(migm, shortcut, regime, steps, budget, images, batch, classifier, ref, placement="paper")
-    plain, _ = quick_fd(migm, None, regime, steps, None, images, batch, classifier, ref)
-    return {"regime": regime, "steps": steps, "budget": budget, "images": images, "tau": tau,
-            "tuning_placement": tuning_full, "placements": placements, "fd_adaptive": adaptive, "fd_paper": paper,
-            "fd_plain": plain}
+    half = chunks // 2 * batch
+    generated = np.concatenate(out)[:images]
+    row = {"regime": regime, "steps": steps, "budget": budget, "images": images, "tau": tau,
+           "tuning_placement": tuning_full, "placements": placements,
+           "fd_adaptive": fd_fmnist(generated, classifier, ref),
+           "fd_adaptive_blocks": [fd_fmnist(generated[:half], classifier, ref),
+                                  fd_fmnist(generated[half:], classifier, ref)] if chunks >= 2 else None}
+    paper = []
+    for chunk in range(chunks):
+        paper.append(to_uint8(generate(migm, regime_classes(regime, batch), steps=steps, full_steps=budget,
+                                       shortcut=shortcut, seed=chunk).images))
+    paper = np.concatenate(paper)[:images]
+    row["fd_paper"] = fd_fmnist(paper, classifier, ref)
+    row["fd_paper_blocks"] = [fd_fmnist(paper[:half], classifier, ref),
+                              fd_fmnist(paper[half:], classifier, ref)] if chunks >= 2 else None
+    if plain:
+        row["fd_plain"] = quick_fd(migm, None, regime, steps, None, images, batch, classifier, ref)[0]
+    return row
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -98,6 +114,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--plain", action="store_true", help="also plain sampling at --steps (the sweep has it)")
     p.add_argument("--out", type=Path, default=Path("runs/fmnist/adaptive.json"))
     args = p.parse_args(argv)
     if not 1 <= args.budget < args.steps:
@@ -110,11 +127,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     for regime in args.regimes.split(","):
         row = evaluate(migm, shortcut, regime.strip(), args.steps, args.budget, args.images, args.batch, classifier,
-                       ref)
+                       ref, plain=args.plain)
         rows.append(row)
-        print(f"{regime}: N={args.steps} B<={args.budget}: adaptive FD {row['fd_adaptive']:.1f} (tau {row['tau']:.3g}, "
-              f"placements {row['placements']}), paper FD {row['fd_paper']:.1f}, plain N={args.steps} "
-              f"FD {row['fd_plain']:.1f}", flush=True)
+        blocks = (lambda key: f" (blocks {row[key][0]:.1f} / {row[key][1]:.1f})" if row[key] else "")
+        print(f"{regime}: N={args.steps} B<={args.budget}: adaptive FD {row['fd_adaptive']:.1f}"
+              f"{blocks('fd_adaptive_blocks')} (tau {row['tau']:.3g}, placements {sorted(set(map(tuple, row['placements'])))}),"
+              f" paper FD {row['fd_paper']:.1f}{blocks('fd_paper_blocks')}"
+              + (f", plain N={args.steps} FD {row['fd_plain']:.1f}" if args.plain else ""), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     return rows

@@ -143,9 +143,36 @@ class HarnessClock(io.ComfyNode):
         return io.NodeOutput(reading, ui=ui.PreviewText(reading))
 
 
+class HarnessPreviewMethod(io.ComfyNode):
+    """Sets what ``--preview-method`` sets, at run time: one server serves tests with previews on and off."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="HarnessPreviewMethod",
+            display_name="Harness Preview Method",
+            category="testing/harness",
+            description="Sets comfy.cli_args.args.preview_method, as the --preview-method flag does.",
+            inputs=[io.Combo.Input("method", options=["none", "auto"], tooltip="The flag's value.")],
+            outputs=[],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def fingerprint_inputs(cls, **inputs) -> float:
+        return float("nan")  # always execute
+
+    @classmethod
+    def execute(cls, method: str) -> io.NodeOutput:
+        from comfy.cli_args import LatentPreviewMethod, args
+
+        args.preview_method = LatentPreviewMethod(method)
+        return io.NodeOutput(ui=ui.PreviewText(f"preview method {method}"))
+
+
 class HarnessExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [HarnessEcho, HarnessSlow, HarnessModels, HarnessImage, HarnessClock]
+        return [HarnessEcho, HarnessSlow, HarnessModels, HarnessImage, HarnessClock, HarnessPreviewMethod]
 
 
 async def comfy_entrypoint() -> HarnessExtension:
