@@ -528,3 +528,34 @@ def test_recorder_refuses_non_finite_settings(base, tmp_path, capsys):
     out = tmp_path / "nan"
     assert record_main(["--migm", str(path), "--out", str(out), "--count", "2", "--cfg", "nan", "--no-progress"]) == 2
     assert "cfg must be a finite number" in capsys.readouterr().err and not (out / MANIFEST).exists()
+
+
+def test_step_weights_have_mean_one_and_lean_where_asked():
+    from training.train import step_weights
+
+    counts = [1, 1, 2, 3, 5]  # tokens revealed at steps 0..4
+    assert step_weights("none", counts) is None
+    reveal, masked = step_weights("reveal", counts), step_weights("masked", counts)
+    for w in (reveal, masked):
+        assert len(w) == 4 and abs(sum(w) / 4 - 1) < 1e-12
+    assert reveal == [1 / 2.75, 2 / 2.75, 3 / 2.75, 5 / 2.75]  # what the next step reveals
+    assert masked == [11 / 8.5, 10 / 8.5, 8 / 8.5, 5 / 8.5]  # what is still masked then
+
+
+def test_step_weighting_trains_the_weighted_steps_closer(base, dataset, tmp_path):
+    """Weighting early pairs up (masked) lowers the held-out error there against equal weights;
+    against each other, each weighting has the lower error at the end it leans to (same
+    iterations and data)."""
+    _, path = base
+    common = ["--data", str(dataset), "--migm", str(path), "--iters", "120", "--lr-decay-at", "", "--val-every",
+              "120", "--seed", "1", *TRAIN_FAST, "--ema", "0.9", "--lr", "3e-3"]
+    per_step = {}
+    for kind in ("none", "masked", "reveal"):
+        out = tmp_path / f"w_{kind}.safetensors"
+        assert train_main([*common, "--out", str(out), "--step-weight", kind]) == 0
+        info = read_safetensors_metadata(out)["info"]
+        per_step[kind] = [row["mse_ratio"] for row in info["metrics"]["val"]["per_step"]]
+        assert kind == "none" or f"pairs weighted by step ({kind})" in info["training"]["loss"]
+    masked, reveal = per_step["masked"], per_step["reveal"]
+    assert masked[0] < per_step["none"][0], per_step
+    assert masked[0] < reveal[0] and reveal[-1] < masked[-1], per_step

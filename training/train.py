@@ -291,6 +291,24 @@ def head_logits_for(migm):
     return migm.head_logits
 
 
+STEP_WEIGHTS = ("none", "reveal", "masked")
+
+
+def step_weights(kind: str, counts: list[int]) -> list[float] | None:
+    """Loss weight of each pair s -> s+1, mean 1 over the run's pairs (None: all equal).
+
+    ``reveal``: the tokens step s+1 reveals, which the predicted feature decides (late steps
+    reveal most). ``masked``: the tokens still masked when it is used, whose choice the feature
+    still shapes (early steps weigh most: their errors are the context of every later step).
+    """
+    if kind == "none":
+        return None
+    steps = len(counts)
+    raw = [counts[s + 1] if kind == "reveal" else sum(counts[s + 1:]) for s in range(steps - 1)]
+    mean = sum(raw) / len(raw)
+    return [r / mean for r in raw]
+
+
 def noisy(feats: torch.Tensor, scale: float) -> torch.Tensor:
     """``feats`` plus Gaussian noise of ``scale`` x each position's feature RMS: the shortcut sees
     inputs as imperfect as its own earlier predictions."""
@@ -467,6 +485,12 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     torch.manual_seed(args.seed)
     model = migm.build_shortcut(config)  # refuses features of another width than the base model's
     terms = (args.cos_weight, args.kl_weight, head_logits_for(migm) if args.kl_weight else None)
+    counts = {tuple(m["reveal_counts"]) for m in recording.manifests}
+    if args.step_weight != "none" and len(counts) != 1:
+        raise TrainingError(f"--step-weight {args.step_weight}: the recordings reveal tokens on different "
+                            f"schedules ({sorted(counts)}); train on recordings of one schedule, or without it")
+    weights = step_weights(args.step_weight, list(next(iter(counts))))
+    weight_of = (lambda step: 1.0) if weights is None else (lambda step: weights[step])
     if args.init == "zero-out":
         torch.nn.init.zeros_(model.proj_out.weight)  # start as the copy-previous baseline
         torch.nn.init.zeros_(model.proj_out.bias)
@@ -493,7 +517,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
              "shortcut_config": config.to_dict(), "init": args.init}
     settings = {k: getattr(args, k) for k in ("iters", "lr", "weight_decay", "lr_decay", "lr_decay_at", "ema",
                                               "grad_clip", "autocast", "val_every", "ckpt_every", "log_every",
-                                              "rollout", "input_noise", "cos_weight", "kl_weight", "val_chain")}
+                                              "rollout", "input_noise", "cos_weight", "kl_weight", "step_weight",
+                                              "val_chain")}
     n_train = sum(len(v) for v in train_rows.values())
     n_val = sum(len(v) for v in val_rows.values())
     shard_names = [recording.shard_name(k) for k in range(len(recording.shards))]
@@ -619,13 +644,13 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             with sync:
                 with autocast():
                     pred = net(noisy(b.prev, args.input_noise), **b.inputs)
-                loss = step_loss(pred.float(), b.target, b.loss_mask, *terms)
+                loss = weight_of(b.step) * step_loss(pred.float(), b.target, b.loss_mask, *terms)
                 # Rollout: the shortcut consumes its own prediction, as at inference. Later steps call
                 # the bare module: DDP reduces each parameter's gradient once, after all its uses.
-                for target, inputs, mask in b.later:
+                for j, (target, inputs, mask) in enumerate(b.later, start=1):
                     with autocast():
                         pred = model(pred, **inputs)
-                    loss = loss + step_loss(pred.float(), target, mask, *terms)
+                    loss = loss + weight_of(b.step + j) * step_loss(pred.float(), target, mask, *terms)
                 loss = loss / b.span
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -676,7 +701,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
                          "pairs_per_iteration": pairs_per_iter, "device": str(d.device),
                          "loss": "masked MSE" + (f" + {args.cos_weight} x (1 - cos)" if args.cos_weight else "")
                          + (f" + {args.kl_weight} x KL(head)" if args.kl_weight else "")
-                         + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")},
+                         + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")
+                         + (f", pairs weighted by step ({args.step_weight})" if weights else "")},
             "data": {"path": [str(r) for r in recording.roots], "base_fingerprint": recording.fingerprint,
                      "trajectories": recording.num_trajectories, "train_trajectories": n_train,
                      "val_trajectories": n_val, "steps": recording.steps, "branches": recording.branches,
@@ -740,6 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-weight", type=float, default=0.0,
                    help="add this weight x KL divergence between the base model's head on the target and on the "
                         "predicted feature, at the masked positions (default 0; the reference's optional logit term)")
+    g.add_argument("--step-weight", choices=STEP_WEIGHTS, default="none",
+                   help="weight each pair's loss by its step: reveal = the tokens the next step reveals (late "
+                        "steps most), masked = the tokens still masked (early steps most); mean weight 1 "
+                        "(default none: all steps alike)")
     g.add_argument("--window", type=int, default=4, help="shards held in memory and shuffled together (default 4)")
     g = p.add_argument_group("shortcut architecture (paper defaults: bottleneck ratio 2, 1 block, 16 heads; "
                              "DiMOO: ratio 2, 1 block, the base model's heads)")
