@@ -13,6 +13,7 @@ except ImportError:  # not running inside ComfyUI
 
 if ComfyExtension is not None:
     from .nodes import folders
+    from .nodes.conditions import MIGMClasses, MIGMPrompt
     from .nodes.loaders import LoadMIGM, LoadShortcut
     from .nodes.record import RecordTrajectories
     from .nodes.sampler import ShortcutSampler
@@ -21,7 +22,7 @@ if ComfyExtension is not None:
 
     class MIGMShortcutExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:
-            return [LoadMIGM, LoadShortcut, ShortcutSampler, RecordTrajectories]
+            return [LoadMIGM, LoadShortcut, MIGMClasses, MIGMPrompt, ShortcutSampler, RecordTrajectories]
 
     async def comfy_entrypoint() -> ComfyExtension:
         return MIGMShortcutExtension()

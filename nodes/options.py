@@ -101,14 +101,13 @@ def given_options(**chosen: float) -> dict[str, float]:
     return {key: float(value) for key, value in chosen.items() if value >= 0 or math.isnan(value)}
 
 
-def family_options(migm, *, cfg: float, sm_temp: float, r_temp: float, temperature: float, schedule: str,
-                   width: int, height: int) -> dict:
+def family_options(migm, *, cfg: float, sm_temp: float, r_temp: float, temperature: float, schedule: str) -> dict:
     """The sampling options of the node inputs that ``migm``'s family uses.
 
     Both sampling nodes show every family's inputs; each family ignores the others' ones.
     """
     if migm.family == "dimoo":
-        return dict(**given_options(cfg=cfg, temperature=temperature), height=height, width=width)
+        return given_options(cfg=cfg, temperature=temperature)
     return dict(**given_options(cfg=cfg, sm_temp=sm_temp, r_temp=r_temp), schedule=schedule)
 
 

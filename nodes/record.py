@@ -125,10 +125,10 @@ class RecordTrajectories(io.ComfyNode):
         record = recorder()
         root = output_folder(folder_paths.get_output_directory(), output_name)
         family = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,
-                                schedule=schedule, width=width, height=height)
+                                schedule=schedule)
         if migm.family == "dimoo":
             lines = parse_prompts(prompts)
-            family["prompts"] = lines
+            family.update(prompts=lines, width=width, height=height)
             count = len(lines) * count_per_class
         else:
             chosen = parse_classes(classes, migm.config.num_classes)

@@ -20,14 +20,11 @@ from .options import (
     STEPS_MAX,
     STEPS_MIN,
     family_options,
-    parse_classes,
-    parse_prompts,
-    repeat_each,
     step_plan,
     unused_step_inputs,
 )
 from .previews import PreviewPacer, preview_image
-from .types import MIGM, SHORTCUT
+from .types import CONDITION, MIGM, SHORTCUT
 
 log = logging.getLogger("migm_shortcut")
 
@@ -45,26 +42,13 @@ class ShortcutSampler(io.ComfyNode):
                         "The report output (also logged) says how many base passes ran.",
             inputs=[
                 MIGM.Input("migm", tooltip="The base model (Load MIGM)."),
+                CONDITION.Input("condition", tooltip="What to sample: MIGM Classes (MaskGIT) or MIGM Prompt "
+                                                     "(Lumina-DiMOO), made for the same MIGM."),
                 io.Combo.Input("preset", options=list(PRESETS), default=CUSTOM,
                                tooltip="custom: use steps / full_steps / full_step_list below. "
                                        f"'{OFF}': every step runs the base model (exactly the plain result). "
-                                       "The paper presets fix N and B and ignore those three inputs; guidance, "
-                                       "temperatures and size stay as set."),
-                io.String.Input("classes", default="0",
-                                tooltip="Class-conditional models (MaskGIT): a class index or name, a comma list "
-                                        "('0,7', 'sandal, bag'), a range ('0-9'), 'all', or 'none' for unconditional "
-                                        "sampling (no class; guidance is ignored for those images and they cost one "
-                                        "pass per step). Ignored by text-to-image models."),
-                io.String.Input("prompt", default="", multiline=True,
-                                tooltip="Text-to-image models (Lumina-DiMOO): the prompt; one per line for "
-                                        "several. Ignored by class-conditional models."),
-                io.Int.Input("width", default=1024, min=16, max=4096, step=16,
-                             tooltip="Lumina-DiMOO image width in pixels (a multiple of 16). MaskGIT's size is "
-                                     "fixed by the model."),
-                io.Int.Input("height", default=1024, min=16, max=4096, step=16,
-                             tooltip="Lumina-DiMOO image height in pixels (a multiple of 16)."),
-                io.Int.Input("batch_size", default=1, min=1, max=256,
-                             tooltip="Images per class (or per prompt line)."),
+                                       "The paper presets fix N and B and ignore those three inputs; guidance "
+                                       "and temperatures stay as set."),
                 io.Int.Input("seed", default=0, min=0, max=SEED_MAX, control_after_generate=True,
                              tooltip="Random seed; the same seed and settings give the same images."),
                 io.Int.Input("steps", default=16, min=STEPS_MIN, max=STEPS_MAX,
@@ -104,7 +88,8 @@ class ShortcutSampler(io.ComfyNode):
                                        "runs the base model."),
             ],
             outputs=[
-                io.Image.Output(display_name="IMAGE", tooltip="The images, one per class (or prompt) x batch."),
+                io.Image.Output(display_name="IMAGE", tooltip="The images: each class (or prompt) of the condition, "
+                                                               "as many times as it asks."),
                 io.String.Output(display_name="report",
                                  tooltip="What ran, e.g. 'full 12/32, shortcut 20, base passes 12 (plain: 32), ...'."),
             ],
@@ -124,17 +109,13 @@ class ShortcutSampler(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, migm, preset: str, classes: str, prompt: str, width: int, height: int, batch_size: int,
-                seed: int, steps: int, full_steps: int, full_step_list: str, schedule: str, cfg: float,
-                sm_temp: float, r_temp: float, temperature: float, placement: str = PAPER,
-                shortcut=None) -> io.NodeOutput:
+    def execute(cls, migm, condition, preset: str, seed: int, steps: int, full_steps: int, full_step_list: str,
+                schedule: str, cfg: float, sm_temp: float, r_temp: float, temperature: float,
+                placement: str = PAPER, shortcut=None) -> io.NodeOutput:
         plan = step_plan(preset, steps, full_steps, full_step_list)
-        if migm.family == "dimoo":
-            conditions = dict(prompts=repeat_each(parse_prompts(prompt), batch_size))
-        else:
-            conditions = dict(classes=repeat_each(parse_classes(classes, migm.config.num_classes), batch_size))
+        condition.check_for(migm)
         options = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,
-                                 schedule=schedule, width=width, height=height)
+                                 schedule=schedule)
         model = None
         if shortcut is None:
             mode = "plain: no shortcut connected"
@@ -163,7 +144,7 @@ class ShortcutSampler(io.ComfyNode):
             placement = PAPER  # an explicit list is its own placement
         memory.bring(migm, model)
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
-                          callback=on_step, placement=placement, **conditions, **options)
+                          callback=on_step, placement=placement, **condition.arguments(), **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"
         unused = unused_step_inputs(preset, full_step_list)
         if unused:

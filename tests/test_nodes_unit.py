@@ -86,8 +86,7 @@ def test_negative_options_are_left_to_the_model(options):
     assert options.given_options(cfg=-1, sm_temp=0.5, r_temp=-1) == {"sm_temp": 0.5}
     assert options.given_options(cfg=0) == {"cfg": 0.0}  # 0 = guidance off, kept
     tiny = tiny_migm(vqgan=False)
-    got = options.family_options(tiny, cfg=-1, sm_temp=-1, r_temp=2.0, temperature=-1, schedule="cosine",
-                                 width=64, height=64)
+    got = options.family_options(tiny, cfg=-1, sm_temp=-1, r_temp=2.0, temperature=-1, schedule="cosine")
     assert got == {"r_temp": 2.0, "schedule": "cosine"}
 
 
@@ -164,11 +163,11 @@ def test_workflow_files_pair_up():
 def test_family_options_keep_only_the_family_inputs(options):
     from types import SimpleNamespace
 
-    inputs = dict(cfg=-1, sm_temp=0.5, r_temp=-1, temperature=0.7, schedule="cosine", width=512, height=256)
+    inputs = dict(cfg=-1, sm_temp=0.5, r_temp=-1, temperature=0.7, schedule="cosine")
     maskgit = SimpleNamespace(family="maskgit", info={})
     assert options.family_options(maskgit, **inputs) == {"sm_temp": 0.5, "schedule": "cosine"}
     dimoo = SimpleNamespace(family="dimoo", info={})
-    assert options.family_options(dimoo, **inputs) == {"temperature": 0.7, "height": 256, "width": 512}
+    assert options.family_options(dimoo, **inputs) == {"temperature": 0.7}
 
 
 def test_the_report_names_the_step_inputs_a_preset_overrides(options):

@@ -38,8 +38,10 @@ def sampler_options(inputs: dict) -> dict:
     return {k: inputs[k] for k in ("cfg", "sm_temp", "r_temp") if inputs[k] >= 0}
 
 
-def sample(migm, shortcut, inputs: dict) -> list[Image.Image]:
-    classes = [c for c in migm.resolve_classes(inputs["classes"]).tolist() for _ in range(inputs["batch_size"])]
+def sample(migm, shortcut, inputs: dict, condition: dict) -> list[Image.Image]:
+    """A Shortcut Sampler's inputs with its MIGM Classes node's."""
+    classes = [c for c in migm.resolve_classes(condition["classes"]).tolist()
+               for _ in range(condition["images_per_class"])]
     result = generate(migm, classes, steps=inputs["steps"], full_steps=inputs["full_steps"] if shortcut else None,
                       shortcut=shortcut, seed=inputs["seed"], schedule=inputs["schedule"],
                       **sampler_options(inputs))
@@ -89,12 +91,15 @@ def main() -> None:
     migm = load_migm(ROOT / "models/migm/fmnist_maskgit.safetensors")
     shortcut = load_shortcut(ROOT / "models/migm_shortcut/fmnist_shortcut.safetensors", migm)
 
-    (inputs,) = node_inputs(api("migm_shortcut_generate"), "MIGMShortcutSampler")
-    images = sample(migm, shortcut, inputs)
+    graph = api("migm_shortcut_generate")
+    (inputs,), (condition,) = node_inputs(graph, "MIGMShortcutSampler"), node_inputs(graph, "MIGMClasses")
+    images = sample(migm, shortcut, inputs, condition)
     grid([images[:5], images[5:10]], 96).save(WORKFLOWS / "migm_shortcut_generate.jpg", quality=92)
 
-    plain, fast = node_inputs(api("migm_shortcut_vs_plain"), "MIGMShortcutSampler")  # node 3 plain, node 4 shortcut
-    rows = [sample(migm, None, plain), sample(migm, shortcut, fast)]
+    graph = api("migm_shortcut_vs_plain")
+    plain, fast = node_inputs(graph, "MIGMShortcutSampler")  # node 3 plain, node 4 shortcut
+    (condition,) = node_inputs(graph, "MIGMClasses")  # one condition for both
+    rows = [sample(migm, None, plain, condition), sample(migm, shortcut, fast, condition)]
     grid(rows, 56).save(WORKFLOWS / "migm_shortcut_vs_plain.jpg", quality=92)
 
     (inputs,) = node_inputs(api("migm_record_trajectories"), "MIGMRecordTrajectories")

@@ -217,7 +217,8 @@ def test_generate_workflow_runs_from_the_page(page, comfy, models):
                            " return images.length > 0 && images.every(i => i.complete && i.naturalWidth > 0) }",
                            timeout=30_000)
     classes = 10 if DEFAULTS_SHIPPED else models.config.num_classes  # "all"
-    assert page.evaluate("app.graph.getNodeById(4).imgs.length") == classes * sampler["batch_size"]
+    per_class = page.widgets(8)["images_per_class"]  # the MIGM Classes node
+    assert page.evaluate("app.graph.getNodeById(4).imgs.length") == classes * per_class
     n, b = sampler["steps"], sampler["full_steps"]
     report = page.widgets(5)["preview"]
     assert report.startswith(f"full {b}/{n}, shortcut {n - b}, base passes {b} (plain: {n})"), report
@@ -258,7 +259,8 @@ def test_cancel_from_the_page_interrupts_the_run(page, comfy, models):
     page.load("migm_shortcut_generate")
     page.evaluate("() => app.graph.remove(app.graph.getNodeById(2))")  # the slow base has no shortcut
     page.set_widgets(1, migm_name=SLOW, device="cpu")
-    page.set_widgets(3, classes="0", steps=1000, full_steps=1000, seed=int(time.time()))
+    page.set_widgets(8, classes="0")
+    page.set_widgets(3, steps=1000, full_steps=1000, seed=int(time.time()))
     page.evaluate("app.queuePrompt(0)")  # its result is no success flag: {} node errors read as false
     page.wait_for_function("() => migmEvents.some(e => e[0] === 'progress' && e[1].node === '3' && e[1].value >= 2)",
                            timeout=120_000)

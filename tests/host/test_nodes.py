@@ -35,7 +35,7 @@ API_WORKFLOWS = WORKFLOWS / "api"
 DEFAULT_MIGM, DEFAULT_SHORTCUT = "fmnist_maskgit.safetensors", "fmnist_shortcut.safetensors"
 DEFAULTS_SHIPPED = ((REPO / "models" / "migm" / DEFAULT_MIGM).is_file()
                     and (REPO / "models" / "migm_shortcut" / DEFAULT_SHORTCUT).is_file())
-NODE_IDS = ("LoadMIGM", "LoadMIGMShortcut", "MIGMShortcutSampler", "MIGMRecordTrajectories")
+NODE_IDS = ("LoadMIGM", "LoadMIGMShortcut", "MIGMClasses", "MIGMPrompt", "MIGMShortcutSampler", "MIGMRecordTrajectories")
 VQ_BUNDLED = "(bundled)"
 
 TINY, TINY_SC = "tiny_maskgit.safetensors", "tiny_shortcut.safetensors"
@@ -46,8 +46,8 @@ SLOW = "slow_maskgit.safetensors"
 DIMOO, DIMOO_SC = "tiny_dimoo", "tiny_dimoo_shortcut.safetensors"
 TINY_SIZE = 16  # tiny VQGAN: 4x4 tokens -> 16x16 pixels
 
-SAMPLER = {"preset": "custom", "classes": "0", "prompt": "", "width": 1024, "height": 1024, "batch_size": 1,
-           "seed": 1, "steps": 8, "full_steps": 3, "full_step_list": "", "schedule": "arccos", "cfg": 2.8,
+CLASSES = {"classes": "0", "images_per_class": 1}
+SAMPLER = {"preset": "custom", "seed": 1, "steps": 8, "full_steps": 3, "full_step_list": "", "schedule": "arccos", "cfg": 2.8,
            "sm_temp": 1.0, "r_temp": 7.0, "temperature": 1.0, "placement": "paper"}
 
 
@@ -90,11 +90,29 @@ def models(comfy):
 # -- graphs ------------------------------------------------------------------------------
 
 
+def condition_node(migm_node: str = "1", **given) -> dict:
+    """MIGM Classes, or MIGM Prompt when a prompt is given; batch_size is images per class / prompt."""
+    per_item = given.pop("batch_size", 1)
+    if "prompt" in given:
+        inputs = {"prompt": given.pop("prompt"), "width": given.pop("width", 1024), "height": given.pop("height", 1024),
+                  "images_per_prompt": per_item}
+        return {"class_type": "MIGMPrompt", "inputs": {**inputs, "migm": [migm_node, 0]}}
+    return {"class_type": "MIGMClasses", "inputs": {**CLASSES, "classes": given.pop("classes", CLASSES["classes"]),
+                                                    "images_per_class": per_item, "migm": [migm_node, 0]}}
+
+
+CONDITION_KEYS = ("classes", "prompt", "width", "height", "batch_size")
+
+
 def generate_graph(migm=TINY, shortcut=TINY_SC, prefix="migm_test", vq=VQ_BUNDLED, **sampler):
+    """Load MIGM (1) -> condition (8) -> Shortcut Sampler (3) -> Save Image (4), with Load Shortcut (2)."""
+    condition = {k: sampler.pop(k) for k in CONDITION_KEYS if k in sampler}
     graph = {
         "1": {"class_type": "LoadMIGM", "inputs": {"migm_name": migm, "vq_name": vq, "device": "cpu",
                                                    "dtype": "auto"}},
-        "3": {"class_type": "MIGMShortcutSampler", "inputs": {**SAMPLER, **sampler, "migm": ["1", 0]}},
+        "8": condition_node(**condition),
+        "3": {"class_type": "MIGMShortcutSampler", "inputs": {**SAMPLER, **sampler, "migm": ["1", 0],
+                                                              "condition": ["8", 0]}},
         "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": prefix}},
     }
     if shortcut:
@@ -180,7 +198,14 @@ def test_object_info_lists_the_nodes_and_inputs(comfy, models):
     sampler = info["MIGMShortcutSampler"]
     assert sampler["output"] == ["IMAGE", "STRING"]
     required = sampler["input"]["required"]
-    assert set(SAMPLER) <= set(required) and "migm" in required
+    assert set(SAMPLER) <= set(required) and required["migm"][0] == "MIGM"
+    assert required["condition"][0] == "MIGM_CONDITION"
+    # what to sample is the condition node's: the sampler shows no input one family ignores for it
+    assert not {"classes", "prompt", "width", "height", "batch_size"} & set(required)
+    classes, prompt = info["MIGMClasses"], info["MIGMPrompt"]
+    assert classes["output"] == prompt["output"] == ["MIGM_CONDITION"]
+    assert set(classes["input"]["required"]) == {"migm", "classes", "images_per_class"}
+    assert set(prompt["input"]["required"]) == {"migm", "prompt", "width", "height", "images_per_prompt"}
     assert sampler["input"]["optional"]["shortcut"][0] == "SHORTCUT"
     seed = required["seed"][1]
     assert seed["control_after_generate"] is True and (seed["min"], seed["max"]) == (0, 2**64 - 1)
@@ -448,8 +473,23 @@ def test_mismatched_shortcut_is_refused_with_the_reason(comfy, models):
     graph["5"] = {"class_type": "LoadMIGM", "inputs": {"migm_name": SLOW, "vq_name": VQ_BUNDLED, "device": "cpu",
                                                        "dtype": "auto"}}
     graph["3"]["inputs"]["migm"] = ["5", 0]
+    graph["8"]["inputs"]["migm"] = ["5", 0]
     message = run_error(comfy, graph)
     assert f"the shortcut {TINY_SC!r} was loaded for MIGM 'tiny', but the sampler got MIGM 'slow'" in message
+
+
+def test_a_condition_that_does_not_fit_the_model_is_refused_with_the_reason(comfy, models):
+    graph = generate_graph(prefix="prompt_for_classes", prompt="a red cat")  # MIGM Prompt on a MaskGIT
+    message = run_error(comfy, graph)
+    assert "MIGM Prompt: MIGM 'tiny' is class-conditional (MaskGIT); use MIGM Classes for it" in message
+    graph = generate_graph(migm=DIMOO + "/", shortcut=DIMOO_SC, prefix="classes_for_dimoo", classes="0")
+    assert "MIGM Classes: MIGM 'tiny_dimoo' is text-to-image (Lumina-DiMOO); use MIGM Prompt for it" in \
+        run_error(comfy, graph)
+    graph = generate_graph(prefix="other_condition")  # made for another Load MIGM than the sampler's
+    graph["5"] = {"class_type": "LoadMIGM", "inputs": {"migm_name": SLOW, "vq_name": VQ_BUNDLED, "device": "cpu",
+                                                       "dtype": "auto"}}
+    graph["8"]["inputs"]["migm"] = ["5", 0]
+    assert "condition: it was made for MIGM 'slow', but the sampler got MIGM 'tiny'" in run_error(comfy, graph)
 
 
 def test_separate_vq_file(comfy, models):
@@ -475,7 +515,7 @@ def test_dimoo_folder_with_prompt_and_size(comfy, models):
     images = images_of(comfy, entry)
     assert len(images) == 2 and all(im.shape == (48, 32, 3) for im in images)
     assert report_of(entry).startswith("full 3/8, shortcut 5, base passes 6 (plain: 16)")
-    graph["3"]["inputs"]["prompt"] = "  "
+    graph["8"]["inputs"]["prompt"] = "  "
     assert "no prompt given" in run_error(comfy, graph)
 
 
@@ -578,7 +618,7 @@ NODE_CASES = [
     ("sampler fractional class", sampler_case(classes="1.5"), ["class", "1.5"]),
     ("sampler unknown class name", sampler_case(classes="a red shoe"), ["class", "a red shoe"]),
     ("sampler empty classes", sampler_case(classes=" , "), ["class"]),
-    ("sampler batch 0", sampler_case(batch_size=0), ["batch_size"]),
+    ("condition 0 images per class", sampler_case(batch_size=0), ["images_per_class"]),
     ("sampler steps 0", sampler_case(steps=0), ["steps"]),
     ("sampler fractional full-step entry", sampler_case(full_step_list="0,2.5"), ["full_step_list", "2.5"]),
     ("sampler text full-step entry", sampler_case(full_step_list="0,x"), ["full_step_list", "x"]),
@@ -632,12 +672,15 @@ def test_models_are_loaded_and_freed_by_comfyui(comfy, models):
     two = generate_graph(prefix="managed_two", seed=12)  # a second base model in the same graph
     two["5"] = {"class_type": "LoadMIGM", "inputs": {"migm_name": TINY_NOVQ, "vq_name": TINY_VQ, "device": "auto",
                                                      "dtype": "auto"}}
+    two["9"] = condition_node("5", classes="1")
     two["6"] = {"class_type": "MIGMShortcutSampler",
-                "inputs": {**SAMPLER, "classes": "1", "steps": 2, "full_steps": 2, "migm": ["5", 0]}}
+                "inputs": {**SAMPLER, "steps": 2, "full_steps": 2, "migm": ["5", 0], "condition": ["9", 0]}}
     two["7"] = {"class_type": "PreviewAny", "inputs": {"source": ["6", 1]}}
     for node in (graph, two):
         node["1"]["inputs"]["device"] = "auto"  # ComfyUI's device: the one model management serves
 
+    assert comfy.free(unload_models=True, free_memory=True) == 200  # from a clean slate: earlier tests' models
+    time.sleep(2)  # the server's worker takes the flag as soon as it is idle
     mark = len(comfy.log_text())
     first = images_of(comfy, comfy.run(graph, timeout=120))
     comfy.run(two, timeout=120)
