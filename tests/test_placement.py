@@ -129,3 +129,19 @@ def test_calibrated_run_drifts_less_from_the_plain_run_than_the_paper_placement(
     paper = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3), plain)
     calibrated = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3, placement="calibrated"), plain)
     assert calibrated < 0.95 * paper, (calibrated, paper)
+
+
+def test_adaptive_rule_spends_at_most_the_budget_where_the_drift_account_fills():
+    from training.fmnist.adaptive import adaptive_run
+
+    migm = tiny_migm()
+    shortcut = tiny_shortcut(migm)
+    run = lambda **kw: adaptive_run(migm, shortcut, [0, 1], steps=8, seed=3, **kw)[1]  # noqa: E731
+    assert run(budget=3, tau=0.0) == [0, 1, 2]  # an empty account never waits: the first B steps
+    assert run(budget=3, tau=1e9) == [0]  # an account that never fills: step 0 only
+    uncapped = run(budget=None, tau=0.5)
+    capped = run(budget=2, tau=0.5)
+    assert capped == uncapped[:2] and len(uncapped) > 2  # the cap keeps the rule's own first choices
+    images, full = adaptive_run(migm, shortcut, [0, 1], steps=8, seed=3, budget=8, tau=0.0)
+    plain = generate(migm, classes=[0, 1], steps=8, seed=3)
+    assert full == list(range(8)) and torch.equal(images, plain.images)  # every step full: exactly plain

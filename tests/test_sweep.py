@@ -113,3 +113,25 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     plain_chunks = sorted(state.rglob("plain_N2/*.npz"))
     assert [p.stat().st_mtime_ns for p in plain_chunks] == [t for p, t in zip(chunks, stamps) if "plain_N2" in str(p)]
     assert all(p.stat().st_mtime_ns > max(stamps) for p in state.rglob("shortcut_N4_B1/*.npz"))
+
+
+def test_calibrated_rows_are_redone_when_the_files_placement_changes(tmp_path):
+    """The weights fingerprint does not see a new placement table: the stamp of a calibrated row holds the
+    placement itself, so its chunks are redone while the paper-placement rows are kept."""
+    migm = load_migm(DEFAULT_MIGM)
+    sc = load_shortcut(DEFAULT_SHORTCUT, migm)
+    files = {}
+    for name, placement in (("a", [0, 1]), ("b", [0, 3])):
+        files[name] = tmp_path / f"{name}.safetensors"
+        save_shortcut(sc, files[name], base_fingerprint=migm.fingerprint,
+                      info={"placements": {"table": {"4": {"2": placement}}}})
+    args = ["--regimes", "uncond", "--plain", "2", "--shortcut-settings", "4:2,4:2c", "--images", "20",
+            "--headline", "plain_N2", "--headline-images", "20", "--batch", "20", "--cost-repeats", "1",
+            "--grids", "plain_N2", "--state-dir", str(tmp_path / "state"), "--out-dir", str(tmp_path / "out")]
+    main([*args, "--shortcut", str(files["a"])])
+    state = tmp_path / "state" / "uncond"
+    paper, calibrated = sorted((state / "shortcut_N4_B2").glob("*.npz")), sorted((state / "shortcut_N4_B2_cal").glob("*.npz"))
+    before = {p: p.stat().st_mtime_ns for p in [*paper, *calibrated]}
+    main([*args, "--shortcut", str(files["b"])])
+    assert all(p.stat().st_mtime_ns == before[p] for p in paper)
+    assert all(p.stat().st_mtime_ns > before[p] for p in calibrated)

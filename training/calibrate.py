@@ -153,16 +153,15 @@ def calibrate(args) -> dict:
             "data": [str(r) for r in recording.roots], "schedule": schedule}
 
 
-def write_into(shortcut_path: Path, out: Path, result: dict, command: str) -> None:
-    """Rewrite the shortcut file (or a copy) with the placements in its metadata; weights unchanged."""
+def write_into(shortcut_path: Path, out: Path, placements: dict) -> None:
+    """Rewrite the shortcut file (or a copy) with ``placements`` (``table`` {N: {B: steps}} and how
+    they were found) as its metadata's placements; weights unchanged."""
     tensors, meta = load_safetensors(shortcut_path)
     if meta.get("kind") != "shortcut":
         raise CheckpointError(f"{shortcut_path} is not a native shortcut .safetensors file (convert it first with "
                               f"python -m shortcut_core.convert)")
     info = dict(meta.get("info") or {})
-    info["placements"] = {"table": result["placements"], "metric": result["metric"], "data": result["data"],
-                          "recorded_steps": result["recorded_steps"], "held_out": result["held_out"],
-                          "command": command}
+    info["placements"] = placements
     extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "config", "info")}
     save_safetensors(out, tensors, "shortcut", meta["config"], info=info, **extra)
 
@@ -195,7 +194,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = calibrate(args)
         command = " ".join(["python -m training.calibrate", *argv])
         out = Path(args.out or args.shortcut)
-        write_into(Path(args.shortcut), out, result, command)
+        write_into(Path(args.shortcut), out, {
+            "table": result["placements"], "method": "dynamic programme over the drift table",
+            "metric": result["metric"], "data": result["data"], "recorded_steps": result["recorded_steps"],
+            "held_out": result["held_out"], "command": command})
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(result, indent=1))

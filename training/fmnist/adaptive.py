@@ -26,11 +26,13 @@ import numpy as np
 import torch
 
 from shortcut_core import generate, load_migm, load_shortcut
+from training.calibrate import write_into
 from training.fmnist.ablation import quick_fd
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_fmnist, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
 TUNING_SEED = 10_000  # far from the evaluation chunks' seeds 0, 1, ...
+RULE = "adaptive rule: drift account of the predicted feature change (training.fmnist.adaptive)"
 
 
 @torch.inference_mode()
@@ -116,6 +118,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plain", action="store_true", help="also plain sampling at --steps (the sweep has it)")
     p.add_argument("--out", type=Path, default=Path("runs/fmnist/adaptive.json"))
+    p.add_argument("--write-placements", help="store the rule's placement for (--steps, --budget) as the calibrated "
+                                              "placement of this shortcut file (created from --shortcut; a table "
+                                              "another method wrote is replaced)")
     args = p.parse_args(argv)
     if not 1 <= args.budget < args.steps:
         p.error(f"--budget must be between 1 and --steps - 1, got {args.budget}")
@@ -136,7 +141,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
               + (f", plain N={args.steps} FD {row['fd_plain']:.1f}" if args.plain else ""), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
+    if args.write_placements:
+        write_placements(args, rows, argv)
     return rows
+
+
+def write_placements(args, rows: list[dict], argv) -> None:
+    """Store the rule's placement as the shortcut's calibrated one for (N, B), when the rule chose the
+    same full steps in every chunk of every regime (a fixed placement then samples exactly as it did)."""
+    chosen = {tuple(p) for row in rows for p in row["placements"]}
+    if len(chosen) != 1:
+        raise SystemExit(f"the rule chose {len(chosen)} different placements ({sorted(chosen)}): no single "
+                         f"placement to store for N={args.steps}, B={args.budget}")
+    target = Path(args.write_placements)
+    source = target if target.is_file() else Path(args.shortcut)
+    old = (load_shortcut(source, load_migm(args.migm)).info or {}).get("placements") or {}
+    same_method = old.get("method") == RULE  # a table another method wrote is replaced, not mixed in
+    table = old.get("table", {}) if same_method else {}
+    runs = dict(old.get("runs", {})) if same_method else {}
+    table.setdefault(str(args.steps), {})[str(args.budget)] = list(next(iter(chosen)))
+    runs[f"{args.steps}/{args.budget}"] = {row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"],
+                                                            "fd_paper": row["fd_paper"], "images": row["images"]}
+                                           for row in rows}
+    write_into(source, target, {"table": table, "method": RULE, "runs": runs,
+                                "command": " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])})
+    print(f"wrote the placement {list(next(iter(chosen)))} for N={args.steps}, B={args.budget} into {target}")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from shortcut_core import fingerprint, generate, load_migm, load_shortcut
+from shortcut_core.placement import calibrated_indices
 from training.fmnist.classifier import load_classifier, predict
 from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
@@ -529,6 +530,8 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
     for s in settings:
         made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain else shortcut_fp, "batch": args.batch,
                    "seed": args.seed}
+        if s.placement == "calibrated":  # the file's placement may change while its weights stay
+            made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full)
         forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
     todo = [(chunk, s) for chunk in range(max(n_chunks.values())) for s in settings
             if chunk < n_chunks[s.key] and not chunk_path(state_dir, regime, s, chunk).is_file()]
