@@ -55,6 +55,15 @@ def test_same_n_and_equal_pass_targets_use_all_images_and_the_block_noise():
     cal = targets(results)["calibrated_vs_paper"][0]
     # 70.2 vs 72.0, both blocks within 1.0: better beyond the noise.
     assert cal["verdict"] == "better" and cal["placements"] == {"calibrated": [0, 5, 9, 13], "paper": [0, 4, 8, 12]}
+    # With the calibrated row swept, the targets judge the shortcut as it ships (its file's placement);
+    # the paper-placement row is still reported.
+    paper_row = results[3]
+    results[3] = {**paper_row, "fd_fmnist_all": 75.0, "fd_blocks": [74.8, 75.2]}  # +7 %: not within 3 %
+    checks = targets(results)
+    assert [(t["shortcut"], t["counts"], t["met"]) for t in checks["same_n"]] == [
+        ("shortcut_N16_B4", False, False), ("shortcut_N16_B4_cal", True, True)]
+    assert checks["target_same_n_met"]
+    results[3] = paper_row
     results[1] = row("plain_N4", 4, 4, 90.0, 40, blocks=[80.0, 81.0], fd_all=80.5)
     results[2] = row("plain_N6", 6, 6, 85.0, 60, blocks=[78.0, 78.5], fd_all=78.0)
     assert targets(results)["target_equal_passes_met"]

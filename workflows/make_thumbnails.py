@@ -44,7 +44,7 @@ def sample(migm, shortcut, inputs: dict, condition: dict) -> list[Image.Image]:
                for _ in range(condition["images_per_class"])]
     result = generate(migm, classes, steps=inputs["steps"], full_steps=inputs["full_steps"] if shortcut else None,
                       shortcut=shortcut, seed=inputs["seed"], schedule=inputs["schedule"],
-                      **sampler_options(inputs))
+                      placement=inputs["placement"], **sampler_options(inputs))
     print(result.stats.report())
     return to_pil(result.images)
 
