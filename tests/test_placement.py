@@ -145,3 +145,32 @@ def test_adaptive_rule_spends_at_most_the_budget_where_the_drift_account_fills()
     images, full = adaptive_run(migm, shortcut, [0, 1], steps=8, seed=3, budget=8, tau=0.0)
     plain = generate(migm, classes=[0, 1], steps=8, seed=3)
     assert full == list(range(8)) and torch.equal(images, plain.images)  # every step full: exactly plain
+
+
+def test_rule_placements_are_stored_by_majority_and_replace_another_methods_table(tmp_path):
+    from types import SimpleNamespace
+
+    from training.fmnist.adaptive import RULE, write_placements
+
+    migm = tiny_migm(vqgan=False)
+    base = tmp_path / "base.safetensors"
+    save_migm(migm, base)
+    migm = load_migm(base)
+    source = tmp_path / "sc.safetensors"
+    save_shortcut(tiny_shortcut(migm), source, base_fingerprint=migm.fingerprint,
+                  info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "method": "dynamic programme"}})
+    out = tmp_path / "sc_rule.safetensors"
+
+    def rows(*placements):
+        return [{"regime": "cond", "tau": 0.3, "fd_adaptive": 1.0, "fd_paper": 2.0, "images": 10,
+                 "placements": [list(p) for p in placements]}]
+
+    args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base))
+    write_placements(args, rows((0, 2, 4), (0, 2, 4), (0, 2, 5)), ["--steps", "8"])
+    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), rows((0, 3)), ["--steps", "8"])
+    placements = load_shortcut(out, migm).info["placements"]
+    assert placements["method"] == RULE
+    assert placements["table"] == {"8": {"3": [0, 2, 4], "2": [0, 3]}}  # the DP's table is gone, the rule's kept
+    assert placements["runs"]["8/3"]["chosen_in"] == "2 of 3 chunks"
+    assert calibrated_indices(load_shortcut(out, migm), 8, 3) == [0, 2, 4]
+    assert torch.equal(next(load_shortcut(out, migm).parameters()), next(load_shortcut(source, migm).parameters()))
