@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plain", action="store_true", help="also plain sampling at --steps (the sweep has it)")
     p.add_argument("--out", type=Path, default=Path("runs/fmnist/adaptive.json"))
+    p.add_argument("--rows", help="the JSON a previous run wrote with --out: use its rows instead of sampling")
     p.add_argument("--write-placements", help="store the placement the rule chose most often for (--steps, "
                                               "--budget) as the calibrated placement of this shortcut file (created "
                                               "from --shortcut; a table another method wrote is replaced)")
@@ -126,6 +127,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 1 <= args.budget < args.steps:
         p.error(f"--budget must be between 1 and --steps - 1, got {args.budget}")
     torch.set_num_threads(args.threads)
+    if args.rows:  # a saved evaluation: store its placement without sampling again
+        rows = [r for r in json.loads(Path(args.rows).read_text())
+                if (r["steps"], r["budget"]) == (args.steps, args.budget)]
+        if not rows:
+            p.error(f"--rows {args.rows} holds no rows for --steps {args.steps} --budget {args.budget}")
+        if args.write_placements:
+            write_placements(args, rows, argv)
+        return rows
     migm = load_migm(args.migm)
     shortcut = load_shortcut(args.shortcut, migm)
     classifier = load_classifier()
