@@ -129,7 +129,7 @@ class ShortcutSampler(io.ComfyNode):
             model, mode = shortcut.model, f"shortcut {shortcut.name}"
 
         progress = comfy.utils.ProgressBar(plan.steps)
-        pacer = PreviewPacer() if args.preview_method != LatentPreviewMethod.NoPreviews else None
+        pacer = None
 
         def on_step(info) -> None:
             preview = None
@@ -143,6 +143,8 @@ class ShortcutSampler(io.ComfyNode):
         if isinstance(plan.full_steps, list):
             placement = PAPER  # an explicit list is its own placement
         memory.bring(migm, model)
+        if args.preview_method != LatentPreviewMethod.NoPreviews:
+            pacer = PreviewPacer()  # its budget counts sampling time from here, not the weights' loading
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
                           callback=on_step, placement=placement, **condition.arguments(), **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"
