@@ -18,7 +18,6 @@ import torch
 import comfy.model_management
 import comfy.model_patcher
 
-
 log = logging.getLogger("migm_shortcut")
 
 
@@ -68,13 +67,11 @@ def _patcher(weights: torch.nn.Module, now: torch.device, load_device, offload_d
 def bring(*models) -> None:
     """Load ``models`` (base models, shortcuts; None skipped) onto their device through ComfyUI
     before sampling, and say in the console which had to be (re)loaded."""
-    patchers = [_PATCHERS[m] for m in models if m is not None and m in _PATCHERS]
-    if not patchers:
+    managed = {getattr(m, "name", "shortcut"): _PATCHERS[m] for m in models if m is not None and m in _PATCHERS}
+    if not managed:
         return
     already = {id(p) for p in comfy.model_management.loaded_models()}
-    comfy.model_management.load_models_gpu(patchers, force_full_load=True)
-    names = [f"{m.name if hasattr(m, 'name') else 'shortcut'}" for m in models if m is not None and m in _PATCHERS]
-    fresh = [name for name, p in zip(names, patchers) if id(p) not in already]
-    where = patchers[0].load_device
-    log.info("MIGM-Shortcut: weights on %s: %s", where,
-             f"loaded {', '.join(fresh)}" if fresh else f"already loaded ({', '.join(names)})")
+    comfy.model_management.load_models_gpu(list(managed.values()), force_full_load=True)
+    fresh = [name for name, p in managed.items() if id(p) not in already]
+    log.info("MIGM-Shortcut: weights on %s: %s", next(iter(managed.values())).load_device,
+             f"loaded {', '.join(fresh)}" if fresh else f"already loaded ({', '.join(managed)})")

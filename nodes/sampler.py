@@ -128,8 +128,13 @@ class ShortcutSampler(io.ComfyNode):
             shortcut.check_for(migm)
             model, mode = shortcut.model, f"shortcut {shortcut.name}"
 
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        if isinstance(plan.full_steps, list):
+            placement = PAPER  # an explicit list is its own placement
+        memory.bring(migm, model)
         progress = comfy.utils.ProgressBar(plan.steps)
-        pacer = None
+        # made after the weights are loaded: its budget counts sampling time only
+        pacer = PreviewPacer() if args.preview_method != LatentPreviewMethod.NoPreviews else None
 
         def on_step(info) -> None:
             preview = None
@@ -139,12 +144,6 @@ class ShortcutSampler(io.ComfyNode):
             progress.update_absolute(info.step + 1, info.steps, preview)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        if isinstance(plan.full_steps, list):
-            placement = PAPER  # an explicit list is its own placement
-        memory.bring(migm, model)
-        if args.preview_method != LatentPreviewMethod.NoPreviews:
-            pacer = PreviewPacer()  # its budget counts sampling time from here, not the weights' loading
         result = generate(migm, steps=plan.steps, full_steps=plan.full_steps, shortcut=model, seed=seed,
                           callback=on_step, placement=placement, **condition.arguments(), **options)
         report = f"{result.stats.report()}; {mode} on {migm.name}"

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from shortcut_core import generate, load_migm, load_shortcut  # noqa: E402
-from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
 from shortcut_core.progress import ProgressBar  # noqa: E402
+from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -210,8 +210,9 @@ def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: d
         os.replace(tmp, path)
     except SafetensorError as exc:
         code = re.search(r"os error (\d+)", str(exc))
-        error = OSError(f"could not write {path}: {os.strerror(int(code.group(1))) if code else exc}")
-        error.errno = int(code.group(1)) if code else errno.EIO
+        number = int(code.group(1)) if code else errno.EIO
+        error = OSError(f"could not write {path}: {os.strerror(number) if code else exc}")
+        error.errno = number
         raise error from None
     finally:
         tmp.unlink(missing_ok=True)

@@ -195,11 +195,11 @@ class MaskGITMIGM:
         """Image ``index`` as it stands after a step: its tokens so far, each still-masked position
         filled with the most likely code under this step's (conditional) features; (H, W, 3) on the CPU."""
         tokens = state.tokens[index:index + 1].clone()
-        masked = tokens == self.config.mask_id  # (1, L)
+        masked = tokens == self.config.mask_id  # (1, L): image positions
         if bool(masked.any()):
-            positions = masked[0].nonzero()[:, 0][None]  # (1, m)
-            picked = feats[index:index + 1].gather(1, positions[..., None].expand(-1, -1, feats.shape[-1]))
-            tokens.scatter_(1, positions, self.model.head(picked.float(), positions).argmax(-1))
+            where = torch.zeros(feats[index:index + 1].shape[:2], dtype=torch.bool, device=masked.device)
+            where[:, : masked.shape[1]] = masked
+            tokens[masked] = self.head_logits(feats[index:index + 1].float(), where).argmax(-1)
         return self.decode_tokens(tokens.reshape(1, self.config.grid, self.config.grid))[0]
 
     def decode(self, state: MaskGITState) -> torch.Tensor:

@@ -57,14 +57,19 @@ def test_remap_is_the_identity_at_the_recorded_step_count_and_monotone_elsewhere
     assert all(longer[s, k] <= longer[s, k + 1] + 1e-12 for s in range(23) for k in range(1, 23 - s - 1))
 
 
-def test_calibrated_placements_round_trip_and_fall_back(tmp_path):
-    migm = tiny_migm(vqgan=False)
+def saved_pair(tmp_path, shortcut=None, info=None):
+    """A tiny base model and a shortcut for it, both through their files: (base path, MIGM, shortcut path)."""
     base = tmp_path / "base.safetensors"
-    save_migm(migm, base)
+    save_migm(tiny_migm(vqgan=False), base)
     migm = load_migm(base)
     sc_path = tmp_path / "sc.safetensors"
-    save_shortcut(tiny_shortcut(migm), sc_path, base_fingerprint=migm.fingerprint,
-                  info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "metric": "tokens"}})
+    save_shortcut(shortcut(migm) if shortcut else tiny_shortcut(migm), sc_path, base_fingerprint=migm.fingerprint,
+                  info=info)
+    return base, migm, sc_path
+
+
+def test_calibrated_placements_round_trip_and_fall_back(tmp_path):
+    _, migm, sc_path = saved_pair(tmp_path, info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "metric": "tokens"}})
     shortcut = load_shortcut(sc_path, migm)
     assert calibrated_indices(shortcut, 8, 3) == [0, 5, 6] and calibrated_indices(shortcut, 8, 4) is None
     run = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, placement="calibrated",
@@ -104,19 +109,19 @@ def test_calibrated_run_drifts_less_from_the_plain_run_than_the_paper_placement(
     from training.calibrate import main as calibrate_main
     from training.record import main as record_main
 
-    base = tmp_path / "base.safetensors"
-    save_migm(tiny_migm(vqgan=False), base)
-    migm = load_migm(base)
-    copy = tiny_shortcut(migm)
-    torch.nn.init.zeros_(copy.proj_out.weight)
-    torch.nn.init.zeros_(copy.proj_out.bias)
-    save_shortcut(copy, tmp_path / "copy.safetensors", base_fingerprint=migm.fingerprint)
+    def copy_previous(migm):
+        shortcut = tiny_shortcut(migm)
+        torch.nn.init.zeros_(shortcut.proj_out.weight)
+        torch.nn.init.zeros_(shortcut.proj_out.bias)
+        return shortcut
+
+    base, migm, copy_path = saved_pair(tmp_path, copy_previous)
     assert record_main(["--migm", str(base), "--out", str(tmp_path / "rec"), "--count", "64", "--steps", "8",
                         "--batch", "32", "--no-progress"]) == 0
-    assert calibrate_main(["--data", str(tmp_path / "rec"), "--migm", str(base), "--shortcut",
-                           str(tmp_path / "copy.safetensors"), "--steps", "8", "--budgets", "3", "--metric", "mse",
-                           "--val-fraction", "0.5", "--val-max", "64"]) == 0
-    shortcut = load_shortcut(tmp_path / "copy.safetensors", migm)
+    assert calibrate_main(["--data", str(tmp_path / "rec"), "--migm", str(base), "--shortcut", str(copy_path),
+                           "--steps", "8", "--budgets", "3", "--metric", "mse", "--val-fraction", "0.5",
+                           "--val-max", "64"]) == 0
+    shortcut = load_shortcut(copy_path, migm)
     assert calibrated_indices(shortcut, 8, 3) != full_step_indices(8, 3)  # calibration moved the full steps
 
     def steps_of(**kw):
@@ -152,13 +157,8 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
 
     from training.fmnist.adaptive import RULE, write_placements
 
-    migm = tiny_migm(vqgan=False)
-    base = tmp_path / "base.safetensors"
-    save_migm(migm, base)
-    migm = load_migm(base)
-    source = tmp_path / "sc.safetensors"
-    save_shortcut(tiny_shortcut(migm), source, base_fingerprint=migm.fingerprint,
-                  info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "method": "dynamic programme"}})
+    base, migm, source = saved_pair(
+        tmp_path, info={"placements": {"table": {"8": {"3": [0, 5, 6]}}, "method": "dynamic programme"}})
     out = tmp_path / "sc_rule.safetensors"
 
     def rows(*placements):

@@ -147,10 +147,9 @@ def test_preview_shows_the_tokens_so_far_and_the_step_prediction_elsewhere(migm,
         so_far = info.state.tokens[1]
         masked = so_far == migm.config.mask_id
         assert torch.equal(tokens[~masked], so_far[~masked])  # what is revealed shows as it is
-        if masked.any():  # the rest: the head's most likely code under this step's features
-            where = torch.zeros(info.feats.shape[:2], dtype=torch.bool)
-            where[1, : masked.numel()] = masked
-            assert torch.equal(tokens[masked], migm.head_logits(info.feats, where).argmax(-1))
+        if masked.any():  # the rest: the head's most likely code under this step's features (image 1's rows)
+            most_likely = migm.model.logits(info.feats[1:2])[0].argmax(-1)  # every image position, full head
+            assert torch.equal(tokens[masked], most_likely[masked])
         checked.append(image)
 
     result = generate(migm, classes=[0, 1], steps=4, seed=5, callback=look)

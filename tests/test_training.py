@@ -534,7 +534,6 @@ def test_step_weights_have_mean_one_and_lean_where_asked():
     from training.train import step_weights
 
     counts = [1, 1, 2, 3, 5]  # tokens revealed at steps 0..4
-    assert step_weights("none", counts) is None
     reveal, masked = step_weights("reveal", counts), step_weights("masked", counts)
     for w in (reveal, masked):
         assert len(w) == 4 and abs(sum(w) / 4 - 1) < 1e-12

@@ -32,10 +32,10 @@ from typing import Callable, Sequence
 import torch
 
 from shortcut_core import REVEAL_MODES, sample
+from shortcut_core.progress import ProgressBar
 
 from .distributed import setup, share
 from .pairs import recipe_for
-from shortcut_core.progress import ProgressBar
 from .trajectories import (
     FORMAT,
     MANIFEST,

@@ -37,10 +37,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from shortcut_core import load_migm, save_shortcut
 from shortcut_core.checkpoints import CheckpointError, refuse_overwriting, write_safetensors_atomic
+from shortcut_core.progress import ProgressBar
 
 from .data import PairBatch, PairStream, Recording, gather_pairs
 from .distributed import Dist, setup, share
-from shortcut_core.progress import ProgressBar
 from .trajectories import ManifestError, ShardError, write_json_atomic
 
 CKPT_FORMAT = "migm-shortcut-train-checkpoint"
@@ -294,15 +294,13 @@ def head_logits_for(migm):
 STEP_WEIGHTS = ("none", "reveal", "masked")
 
 
-def step_weights(kind: str, counts: list[int]) -> list[float] | None:
-    """Loss weight of each pair s -> s+1, mean 1 over the run's pairs (None: all equal).
+def step_weights(kind: str, counts: list[int]) -> list[float]:
+    """Loss weight of each pair s -> s+1 (``kind`` reveal or masked), mean 1 over the run's pairs.
 
     ``reveal``: the tokens step s+1 reveals, which the predicted feature decides (late steps
     reveal most). ``masked``: the tokens still masked when it is used, whose choice the feature
     still shapes (early steps weigh most: their errors are the context of every later step).
     """
-    if kind == "none":
-        return None
     steps = len(counts)
     raw = [counts[s + 1] if kind == "reveal" else sum(counts[s + 1:]) for s in range(steps - 1)]
     mean = sum(raw) / len(raw)
@@ -485,12 +483,13 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     torch.manual_seed(args.seed)
     model = migm.build_shortcut(config)  # refuses features of another width than the base model's
     terms = (args.cos_weight, args.kl_weight, head_logits_for(migm) if args.kl_weight else None)
-    counts = {tuple(m["reveal_counts"]) for m in recording.manifests}
-    if args.step_weight != "none" and len(counts) != 1:
-        raise TrainingError(f"--step-weight {args.step_weight}: the recordings reveal tokens on different "
-                            f"schedules ({sorted(counts)}); train on recordings of one schedule, or without it")
-    weights = step_weights(args.step_weight, list(next(iter(counts))))
-    weight_of = (lambda step: 1.0) if weights is None else (lambda step: weights[step])
+    weights = [1.0] * (recording.steps - 1)  # per pair s -> s+1
+    if args.step_weight != "none":
+        counts = {tuple(m["reveal_counts"]) for m in recording.manifests}
+        if len(counts) != 1:
+            raise TrainingError(f"--step-weight {args.step_weight}: the recordings reveal tokens on different "
+                                f"schedules ({sorted(counts)}); train on recordings of one schedule, or without it")
+        weights = step_weights(args.step_weight, list(counts.pop()))
     if args.init == "zero-out":
         torch.nn.init.zeros_(model.proj_out.weight)  # start as the copy-previous baseline
         torch.nn.init.zeros_(model.proj_out.bias)
@@ -644,13 +643,13 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
             with sync:
                 with autocast():
                     pred = net(noisy(b.prev, args.input_noise), **b.inputs)
-                loss = weight_of(b.step) * step_loss(pred.float(), b.target, b.loss_mask, *terms)
+                loss = weights[b.step] * step_loss(pred.float(), b.target, b.loss_mask, *terms)
                 # Rollout: the shortcut consumes its own prediction, as at inference. Later steps call
                 # the bare module: DDP reduces each parameter's gradient once, after all its uses.
                 for j, (target, inputs, mask) in enumerate(b.later, start=1):
                     with autocast():
                         pred = model(pred, **inputs)
-                    loss = loss + weight_of(b.step + j) * step_loss(pred.float(), target, mask, *terms)
+                    loss = loss + weights[b.step + j] * step_loss(pred.float(), target, mask, *terms)
                 loss = loss / b.span
                 (loss / len(batches)).backward()
             loss_sum += loss.detach()
@@ -702,7 +701,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
                          "loss": "masked MSE" + (f" + {args.cos_weight} x (1 - cos)" if args.cos_weight else "")
                          + (f" + {args.kl_weight} x KL(head)" if args.kl_weight else "")
                          + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")
-                         + (f", pairs weighted by step ({args.step_weight})" if weights else "")},
+                         + (f", pairs weighted by step ({args.step_weight})" if args.step_weight != "none" else "")},
             "data": {"path": [str(r) for r in recording.roots], "base_fingerprint": recording.fingerprint,
                      "trajectories": recording.num_trajectories, "train_trajectories": n_train,
                      "val_trajectories": n_val, "steps": recording.steps, "branches": recording.branches,

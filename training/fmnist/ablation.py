@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from shortcut_core import generate, load_migm, load_shortcut
@@ -24,10 +25,10 @@ from training.fmnist.fd import fd_fmnist, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_costs, to_uint8
 
 
-def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int, classifier,
-             ref, placement: str | None = None) -> tuple[float, float]:
-    """(FD-FMNIST, sampling ms per image) of ``images`` images in chunks of ``batch`` (seed = chunk);
-    placement None: the file's calibrated one for (steps, full) when it has one."""
+def sample_chunks(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int,
+                  placement: str | None = None) -> tuple[np.ndarray, float]:
+    """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed k,
+    as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one."""
     if placement is None:
         placement = "calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper"
     out, seconds = [], 0.0
@@ -36,9 +37,14 @@ def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: 
                      shortcut=shortcut if full is not None else None, seed=chunk, placement=placement)
         out.append(to_uint8(r.images))
         seconds += r.stats.seconds
-    import numpy as np
+    return np.concatenate(out)[:images], seconds
 
-    return fd_fmnist(np.concatenate(out)[:images], classifier, ref), seconds / images * 1e3
+
+def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int, classifier,
+             ref) -> tuple[float, float]:
+    """(FD-FMNIST, sampling ms per image) of ``sample_chunks``' images."""
+    generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch)
+    return fd_fmnist(generated, classifier, ref), seconds / images * 1e3
 
 
 def describe(shortcut) -> dict:

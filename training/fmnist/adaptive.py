@@ -10,8 +10,9 @@ never uses (100 images): about the smallest value whose uncapped rule spends at 
 steps, so the rule places about B full steps without being cut off by the cap.
 
 It is compared with the paper's even placement at the same N and B, on the same seeds, by
-FD-FMNIST (the sweep's metric), all images and two seed blocks. An experiment, not a sampler option: the sampler keeps the
-placements that are measured to work.
+FD-FMNIST (the sweep's metric), all images and two seed blocks. An experiment, not a sampler
+option: ``--write-placements`` stores the placement it chose in a shortcut file, where
+``placement="calibrated"`` finds it.
 
     python -m training.fmnist.adaptive --steps 16 --budget 4 --images 1000 --out runs/fmnist/adaptive.json
 """
@@ -26,12 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shortcut_core import generate, load_migm, load_shortcut
+from shortcut_core import load_migm, load_shortcut
+from shortcut_core.checkpoints import read_safetensors_metadata
 from training.calibrate import write_into
-from training.fmnist.ablation import quick_fd
+from training.fmnist.ablation import quick_fd, sample_chunks
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_fmnist, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
+
 TUNING_SEED = 10_000  # far from the evaluation chunks' seeds 0, 1, ...
 RULE = "adaptive rule: drift account of the predicted feature change (training.fmnist.adaptive)"
 
@@ -67,41 +70,45 @@ def tune_tau(migm, shortcut, regime: str, steps: int, budget: int, batch: int = 
         return adaptive_run(migm, shortcut, classes, steps=steps, budget=None, tau=tau, seed=TUNING_SEED)[1]
 
     lo, hi = np.log(0.01), np.log(50.0)
-    if len(full_at(float(np.exp(hi)))) > budget:
+    at_hi = full_at(float(np.exp(hi)))
+    if len(at_hi) > budget:
         raise ValueError(f"no tau up to 50 keeps the rule within {budget} full steps")
     for _ in range(12):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if len(full_at(float(np.exp(mid)))) > budget else (lo, mid)
-    return float(np.exp(hi)), full_at(float(np.exp(hi)))
+        at_mid = full_at(float(np.exp(mid)))
+        if len(at_mid) > budget:
+            lo = mid
+        else:
+            hi, at_hi = mid, at_mid
+    return float(np.exp(hi)), at_hi
+
+
+def fd_and_blocks(images: np.ndarray, half: int, classifier, ref) -> tuple[float, list[float]]:
+    """FD of all images and of the two seed blocks (before and after ``half``), whose gap shows the noise."""
+    return fd_fmnist(images, classifier, ref), [fd_fmnist(images[:half], classifier, ref),
+                                                fd_fmnist(images[half:], classifier, ref)]
 
 
 def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, classifier, ref,
              plain: bool = False) -> dict:
-    """The rule vs the paper's placement on the same seeds: FD of all images and of the two seed
-    blocks (first and second half of the chunks), whose difference shows the noise."""
+    """The rule vs the paper's placement on the same seeds (chunk k has seed k, as the sweep's)."""
     tau, tuning_full = tune_tau(migm, shortcut, regime, steps, budget)
     chunks = -(-images // batch)
+    if chunks < 2:
+        raise ValueError(f"--images {images} in chunks of {batch} is one seed block; give at least two chunks")
     out, placements = [], []
-    for chunk in range(chunks):  # chunk k has seed k, as quick_fd's chunks
+    for chunk in range(chunks):
         imgs, full = adaptive_run(migm, shortcut, regime_classes(regime, batch), steps=steps, budget=budget, tau=tau,
                                   seed=chunk)
         out.append(to_uint8(imgs))
         placements.append(full)
     half = chunks // 2 * batch
-    generated = np.concatenate(out)[:images]
+    fd_rule, blocks_rule = fd_and_blocks(np.concatenate(out)[:images], half, classifier, ref)
+    paper = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement="paper")[0]
+    fd_paper, blocks_paper = fd_and_blocks(paper, half, classifier, ref)
     row = {"regime": regime, "steps": steps, "budget": budget, "images": images, "tau": tau,
-           "tuning_placement": tuning_full, "placements": placements,
-           "fd_adaptive": fd_fmnist(generated, classifier, ref),
-           "fd_adaptive_blocks": [fd_fmnist(generated[:half], classifier, ref),
-                                  fd_fmnist(generated[half:], classifier, ref)] if chunks >= 2 else None}
-    paper = []
-    for chunk in range(chunks):
-        paper.append(to_uint8(generate(migm, regime_classes(regime, batch), steps=steps, full_steps=budget,
-                                       shortcut=shortcut, seed=chunk).images))
-    paper = np.concatenate(paper)[:images]
-    row["fd_paper"] = fd_fmnist(paper, classifier, ref)
-    row["fd_paper_blocks"] = [fd_fmnist(paper[:half], classifier, ref),
-                              fd_fmnist(paper[half:], classifier, ref)] if chunks >= 2 else None
+           "tuning_placement": tuning_full, "placements": placements, "fd_adaptive": fd_rule,
+           "fd_adaptive_blocks": blocks_rule, "fd_paper": fd_paper, "fd_paper_blocks": blocks_paper}
     if plain:
         row["fd_plain"] = quick_fd(migm, None, regime, steps, None, images, batch, classifier, ref)[0]
     return row
@@ -144,7 +151,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = evaluate(migm, shortcut, regime.strip(), args.steps, args.budget, args.images, args.batch, classifier,
                        ref, plain=args.plain)
         rows.append(row)
-        blocks = (lambda key: f" (blocks {row[key][0]:.1f} / {row[key][1]:.1f})" if row[key] else "")
+        blocks = (lambda key: f" (blocks {row[key][0]:.1f} / {row[key][1]:.1f})")  # noqa: E731
         print(f"{regime}: N={args.steps} B<={args.budget}: adaptive FD {row['fd_adaptive']:.1f}"
               f"{blocks('fd_adaptive_blocks')} (tau {row['tau']:.3g}, placements {sorted(set(map(tuple, row['placements'])))}),"
               f" paper FD {row['fd_paper']:.1f}{blocks('fd_paper_blocks')}"
@@ -165,7 +172,7 @@ def write_placements(args, rows: list[dict], argv) -> None:
           + ", ".join(f"{list(p)} in {n} chunk(s)" for p, n in votes.most_common()))
     target = Path(args.write_placements)
     source = target if target.is_file() else Path(args.shortcut)
-    old = (load_shortcut(source, load_migm(args.migm)).info or {}).get("placements") or {}
+    old = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
     same_method = old.get("method") == RULE  # a table another method wrote is replaced, not mixed in
     table = old.get("table", {}) if same_method else {}
     runs = dict(old.get("runs", {})) if same_method else {}

@@ -39,12 +39,12 @@ from PIL import Image, ImageDraw, ImageFont
 
 from shortcut_core import fingerprint, generate, load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
+from shortcut_core.progress import ProgressBar
 from training.fmnist.classifier import load_classifier, predict
 from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
                                 frechet_distance_stats, reference_stats, to_classifier_input)
 from training.fmnist.train_tokenizer import Log
-from shortcut_core.progress import ProgressBar
 
 DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
 DEFAULT_SHORTCUT = Path("models/migm_shortcut/fmnist_shortcut.safetensors")
