@@ -2,6 +2,13 @@
 
     python bench/bench_sampler.py            # 32x32 tokens (512 px), N=32, B=12 and 9
     python bench/bench_sampler.py --grid 16  # 16x16 tokens: a quick run
+    python bench/bench_sampler.py --grid 16 --variants computed,eager,compiled
+
+Variants: ``eager`` (the default sampler: step 0 from memory once a class has been seen),
+``computed`` (step 0 computed in every run, as the reference does: the memo holds nothing),
+``compiled`` (``compile_sampling``: torch.compile on the base forward and the shortcut,
+step 0 from memory). Every variant's timed runs follow an untimed warm-up run of the same
+class (which also pays any compile).
 
 Prints seconds per image, base forward passes, the measured cost ratio
 c = shortcut step / full step (head, sampling and bookkeeping included), the ideal
@@ -40,15 +47,21 @@ def run_setting(args: dict, queue) -> None:
 
     from shortcut_core import generate
 
+    from shortcut_core.compiled import compile_sampling
+
     torch.set_num_threads(args["threads"])
     dtype = getattr(torch, args["dtype"])
     migm, shortcut = build(args["grid"], args["device"], dtype)
-    steps, b = args["steps"], args["full_steps"]
+    steps, b, variant = args["steps"], args["full_steps"], args["variant"]
     kwargs = dict(steps=steps, cfg=2.8, r_temp=7.0, sm_temp=1.0, decode=False)
     use_shortcut = shortcut if b < steps else None
     classes = list(range(args["batch"]))
-    generate(migm, classes, full_steps=1 if use_shortcut else None, shortcut=use_shortcut, seed=99,
-             **{**kwargs, "steps": 2})  # warm-up
+    if variant == "computed":
+        migm.first_step.max_bytes = 0
+    if variant == "compiled":
+        compile_sampling(migm, shortcut)
+    # warm-up: a whole run, so every step shape is compiled and step 0 of these classes is known
+    generate(migm, classes, full_steps=b, shortcut=use_shortcut, seed=99, **kwargs)
     reset_peak_memory(args["device"])
     timer = StepTimer(args["device"])
     seconds = []
@@ -57,8 +70,9 @@ def run_setting(args: dict, queue) -> None:
         res = generate(migm, classes, full_steps=b, shortcut=use_shortcut, seed=rep, callback=timer, **kwargs)
         seconds.append(res.stats.seconds)
     queue.put({
-        "B": b, "seconds": statistics.median(seconds), "batch": args["batch"],
-        "base_passes": res.stats.base_passes, "plain_base_passes": res.stats.plain_base_passes,
+        "B": b, "variant": variant, "seconds": statistics.median(seconds), "batch": args["batch"],
+        "base_passes": res.stats.base_passes, "memo_passes": res.stats.memo_passes,
+        "plain_base_passes": res.stats.plain_base_passes,
         "full_step_s": timer.median(True),
         "shortcut_step_s": timer.median(False),
         "peak_mib": peak_memory_mib(args["device"]),
@@ -75,38 +89,48 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default="eager", help="comma list of computed, eager, compiled (see above)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if not variants or set(variants) - {"computed", "eager", "compiled"}:
+        p.error(f"--variants takes a comma list of computed, eager, compiled; got {args.variants!r}")
     ctx = mp.get_context("spawn")
     results = []
     for b in [args.steps] + [int(x) for x in args.full_steps.split(",")]:
-        q = ctx.Queue()
-        proc = ctx.Process(target=run_setting, args=({**vars(args), "full_steps": b, "json": None}, q))
-        proc.start()
-        results.append(q.get())
-        proc.join()
-        print(f"  measured B={b}: {results[-1]['seconds']:.2f} s", flush=True)
+        for variant in variants:  # interleaved, so a drifting machine hits every variant alike
+            q = ctx.Queue()
+            proc = ctx.Process(target=run_setting, args=({**vars(args), "full_steps": b, "variant": variant,
+                                                          "json": None}, q))
+            proc.start()
+            results.append(q.get())
+            proc.join()
+            print(f"  measured {variant} B={b}: {results[-1]['seconds']:.2f} s", flush=True)
 
-    plain = results[0]
     n = args.steps
+    plain = {r["variant"]: r for r in results if r["B"] == n}
+    first = {r["B"]: r for r in results if r["variant"] == variants[0]}
     print(f"\nMaskGIT-512 architecture, random weights, {args.grid}x{args.grid} tokens, N={n}, guidance 2.8, "
           f"batch {args.batch}, {args.device} {args.dtype}, {args.threads} threads")
-    header = (f"{'setting':<14}{'s/image':>9}{'speed-up':>10}{'base passes':>13}{'c':>8}{'ideal':>8}"
-              f"{'of ideal':>10}{'N/B':>7}{'of N/B':>8}{'peak MiB':>10}")
+    header = (f"{'variant':<10}{'setting':<14}{'s/image':>9}{'speed-up':>10}{f'vs {variants[0]}':>13}"
+              f"{'base passes':>13}{'c':>8}{'ideal':>8}{'of ideal':>10}{'N/B':>7}{'of N/B':>8}{'peak MiB':>10}")
     print(header)
     print("-" * len(header))
     for r in results:
         b = r["B"]
-        spi = r["seconds"] / r["batch"]
-        speed = plain["seconds"] / r["seconds"]
+        r["vs_first"] = first[b]["seconds"] / r["seconds"]
+        passes = f"{r['base_passes']}" + (f"+{r['memo_passes']}m" if r["memo_passes"] else "")
+        head = (f"{r['variant']:<10}{'plain' if b == n else f'shortcut B={b}':<14}{r['seconds'] / r['batch']:>9.3f}"
+                f"{plain[r['variant']]['seconds'] / r['seconds']:>9.2f}x{r['vs_first']:>12.2f}x{passes:>13}")
         if b == n:
-            print(f"{'plain':<14}{spi:>9.3f}{1.0:>10.2f}{r['base_passes']:>13}{'':>8}{'':>8}{'':>10}{'':>7}{'':>8}"
-                  f"{r['peak_mib']:>10.0f}")
+            print(f"{head}{'':>8}{'':>8}{'':>10}{'':>7}{'':>8}{r['peak_mib']:>10.0f}")
             continue
-        speedup_figures(r, plain["seconds"], n)
-        print(f"{f'shortcut B={b}':<14}{spi:>9.3f}{speed:>9.2f}x{r['base_passes']:>13}{r['c']:>8.3f}"
-              f"{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['of_limit']:>8.2f}{r['peak_mib']:>10.0f}")
+        speedup_figures(r, plain[r["variant"]]["seconds"], n, plain[r["variant"]]["memo_passes"])
+        print(f"{head}{r['c']:>8.3f}{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['of_limit']:>8.2f}"
+              f"{r['peak_mib']:>10.0f}")
+    print("base passes: forward passes run, +Nm: full steps served from memory (step 0); speed-up: over plain of "
+          f"the same variant; vs {variants[0]}: the same setting's time in the first variant / this one's")
     if args.json:
         write_json(args.json, args, results)
     return 0

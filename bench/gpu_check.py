@@ -15,6 +15,10 @@ failure and the script goes on to the next; exit status 1 if any failed or ran o
   dimoo       Lumina-DiMOO 8B architecture (LLaDAConfig defaults, random bf16 weights made on the
               GPU) with the published shortcut architecture, 1024x1024, T=64, cfg 4: plain vs
               B=14, 11, 9.
+  maskgit_compiled
+              the maskgit section at batch 1 after ``compile_sampling`` (torch.compile;
+              reduce-overhead, i.e. CUDA graphs, on CUDA), one full warm-up run first so the
+              timed runs pay no compile.
 
 Figures per setting: s/image (the sampler's own ``stats.seconds`` / batch, median of the
 repeats), base passes and shortcut steps (``stats``), c = median shortcut step / median full
@@ -54,7 +58,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.step_timer import StepTimer, peak_memory_mib, reset_peak_memory, speedup_figures  # noqa: E402
 
-SECTIONS = ("cuda_tests", "maskgit", "dimoo")
+SECTIONS = ("cuda_tests", "maskgit", "dimoo", "maskgit_compiled")
 DEVICE_ENV = "MIGM_GPU_TEST_DEVICE"  # tests/test_gpu.py: where its tests run (default cuda)
 
 
@@ -66,19 +70,22 @@ def plans(smoke: bool) -> dict:
     if smoke:
         from tests.tiny import TINY_MASKGIT, TINY_SHORTCUT
 
-        return {
+        chosen = {
             "maskgit": dict(name="tiny MaskGIT (tests/tiny.py)", config=TINY_MASKGIT, shortcut=TINY_SHORTCUT,
                             steps=8, budgets=(3, 2), batches=(1, 2, 4), repeats=1, dtype=torch.float32),
             "dimoo": dict(name="tiny LLaDA (LLADA_PRESETS['tiny'])", config=LLADA_PRESETS["tiny"], size=64, steps=8,
                           budgets=(4, 3, 2), repeats=1, prompt_tokens=8, dtype=torch.float32),
         }
-    return {
-        "maskgit": dict(name="MaskGIT-512 (MASKGIT_PRESETS['maskgit-imagenet512'])",
-                        config=MASKGIT_PRESETS["maskgit-imagenet512"], shortcut=ShortcutConfig(), steps=32,
-                        budgets=(12, 9), batches=(1, 8, 32), repeats=3, dtype=torch.bfloat16),
-        "dimoo": dict(name="Lumina-DiMOO 8B (LLaDAConfig defaults)", config=LLADA_PRESETS["full"], size=1024,
-                      steps=64, budgets=(14, 11, 9), repeats=1, prompt_tokens=64, dtype=torch.bfloat16),
-    }
+    else:
+        chosen = {
+            "maskgit": dict(name="MaskGIT-512 (MASKGIT_PRESETS['maskgit-imagenet512'])",
+                            config=MASKGIT_PRESETS["maskgit-imagenet512"], shortcut=ShortcutConfig(), steps=32,
+                            budgets=(12, 9), batches=(1, 8, 32), repeats=3, dtype=torch.bfloat16),
+            "dimoo": dict(name="Lumina-DiMOO 8B (LLaDAConfig defaults)", config=LLADA_PRESETS["full"], size=1024,
+                          steps=64, budgets=(14, 11, 9), repeats=1, prompt_tokens=64, dtype=torch.bfloat16),
+        }
+    chosen["maskgit_compiled"] = {**chosen["maskgit"], "batches": (1,), "compile": True}
+    return chosen
 
 
 class OutOfBudget(Exception):
@@ -187,7 +194,7 @@ def measure(run, b: int, steps: int, repeats: int, device, separate_timer: bool,
     stats = results[-1].stats
     seconds = statistics.median(r.stats.seconds for r in results)
     return dict(extra, setting="plain" if b == steps else f"shortcut B={b}", N=steps, B=b, seconds=seconds,
-                s_per_image=seconds / stats.batch, base_passes=stats.base_passes,
+                s_per_image=seconds / stats.batch, base_passes=stats.base_passes, memo_passes=stats.memo_passes,
                 plain_base_passes=stats.plain_base_passes, shortcut_steps=stats.shortcut_steps,
                 full_step_indices=stats.full_step_indices, full_step_s=timer.median(True),
                 shortcut_step_s=timer.median(False), peak_mib=peak_memory_mib(device))
@@ -197,12 +204,13 @@ def add_speedups(rows: list[dict]) -> None:
     plain = rows[0]
     plain.update(speedup=1.0, limit=1.0)
     for r in rows[1:]:
-        speedup_figures(r, plain["seconds"], r["N"])
+        speedup_figures(r, plain["seconds"], r["N"], plain.get("memo_passes", 0))
         r["limit"] = r["N"] / r["B"]
 
 
 def maskgit_section(rec: dict, plan: dict, device, clock: Clock) -> None:
     from shortcut_core import MaskGIT, MaskGITMIGM, generate
+    from shortcut_core.compiled import compile_sampling
 
     c, steps, dtype = plan["config"], plan["steps"], plan["dtype"]
     torch.manual_seed(0)
@@ -213,6 +221,8 @@ def maskgit_section(rec: dict, plan: dict, device, clock: Clock) -> None:
     rec.update(architecture=plan["name"], tokens=f"{c.grid}x{c.grid}", dtype=str(dtype).removeprefix("torch."),
                cfg=2.8, base_params=params(model), shortcut_params=params(shortcut), steps=steps,
                budgets=list(plan["budgets"]), batches=list(plan["batches"]), repeats=plan["repeats"], results=[])
+    if plan.get("compile"):
+        rec["compile_mode"] = compile_sampling(migm, shortcut)
     for batch in plan["batches"]:
         classes = [i % c.num_classes for i in range(batch)]
 
@@ -222,6 +232,10 @@ def maskgit_section(rec: dict, plan: dict, device, clock: Clock) -> None:
 
         clock.check(f"MaskGIT batch {batch}")
         run(1, seed=99, n=2)  # warm-up: kernels and allocator for this batch, both step kinds
+        if plan.get("compile"):
+            t = time.perf_counter()
+            run(min(plan["budgets"]), seed=98)  # every step shape of a full run, compiled (and captured) once
+            rec["compile_seconds"] = time.perf_counter() - t
         rows = []
         for b in (steps, *plan["budgets"]):
             clock.check(f"MaskGIT batch {batch} B={b}")
@@ -229,7 +243,7 @@ def maskgit_section(rec: dict, plan: dict, device, clock: Clock) -> None:
             rec["results"].append(rows[-1])  # the same dict: a failure later keeps what was measured
             print(f"  maskgit batch {batch} {rows[-1]['setting']}: {rows[-1]['s_per_image']:.4f} s/image", flush=True)
         add_speedups(rows)
-        rec["passes_per_full_step"] = rows[0]["base_passes"] // steps  # cond and uncond share one forward
+        rec["passes_per_full_step"] = (rows[0]["base_passes"] + rows[0]["memo_passes"]) // steps  # cond+uncond: one forward
 
 
 def dimoo_section(rec: dict, plan: dict, device, clock: Clock) -> None:
@@ -276,7 +290,7 @@ def dimoo_section(rec: dict, plan: dict, device, clock: Clock) -> None:
     run(2, seed=99, n=2)  # warm-up
     results.append(measure(run, steps, steps, plan["repeats"], device, separate_timer=False, batch=1))
     print(f"  dimoo plain: {results[-1]['s_per_image']:.2f} s/image", flush=True)
-    rec["passes_per_full_step"] = results[0]["base_passes"] // steps  # cond and uncond: separate forwards
+    rec["passes_per_full_step"] = (results[0]["base_passes"] + results[0]["memo_passes"]) // steps  # separate forwards
     with torch.device("meta"):  # made after the plain runs, so their peak memory does not hold it
         shortcut = DiMOOShortcut(DiMOOShortcutConfig.for_base(c))
     shortcut = build(shortcut).bind(migm.model.wte)
@@ -331,7 +345,8 @@ def timing_table(rows: list[dict], first: str | None, n: str = "N") -> list[str]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([str(r.get(first))] if first else []) + [
-            r["setting"], fmt(r["s_per_image"], 4), fmt(r.get("speedup"), 2, "x"), str(r["base_passes"]),
+            r["setting"], fmt(r["s_per_image"], 4), fmt(r.get("speedup"), 2, "x"),
+            str(r["base_passes"]) + (f" +{r['memo_passes']} from memory" if r.get("memo_passes") else ""),
             str(r["shortcut_steps"]), fmt(r.get("c")), fmt(r.get("limit"), 2, "x"), fmt(r.get("of_limit"), 2),
             fmt(r.get("ideal"), 2, "x"), fmt(r.get("of_ideal"), 2), fmt(r["peak_mib"] / 1024, 2)]
         out.append("| " + " | ".join(cells) + " |")
@@ -361,10 +376,11 @@ def markdown(report: dict) -> str:
             continue
         if "architecture" in rec:
             desc = {k: rec.get(k) for k in ("architecture", "tokens", "size", "dtype", "cfg", "steps", "repeats",
-                                            "base_params", "shortcut_params", "passes_per_full_step") if rec.get(k) is not None}
+                                            "base_params", "shortcut_params", "passes_per_full_step",
+                                            "compile_mode", "compile_seconds") if rec.get(k) is not None}
             lines += ["; ".join(f"{k} {v}" for k, v in desc.items()), ""]
         if rec.get("results"):
-            lines += timing_table(rec["results"], *(("batch", "N") if name == "maskgit" else (None, "T"))) + [""]
+            lines += timing_table(rec["results"], *(("batch", "N") if name.startswith("maskgit") else (None, "T"))) + [""]
     lines += ["c = median shortcut step / median full step; of N/B = speed-up / (N/B); ideal = N/(B+(N-B)c); "
               "peak = torch.cuda.max_memory_allocated per setting (on a CPU: the process's peak RSS, never reset).", ""]
     return "\n".join(lines)
@@ -411,7 +427,7 @@ def main(argv=None) -> int:
                     raise RuntimeError(f"no CUDA device (torch {torch.__version__}, CUDA build {torch.version.cuda}); "
                                        f"--smoke runs the tiny CPU version")
                 plan = plans(args.smoke)[name]
-                (maskgit_section if name == "maskgit" else dimoo_section)(rec, plan, device, clock)
+                (dimoo_section if name == "dimoo" else maskgit_section)(rec, plan, device, clock)
             rec["status"] = "passed"
         except OutOfBudget as exc:
             rec.update(status="incomplete", error=str(exc))

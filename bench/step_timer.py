@@ -48,13 +48,17 @@ def peak_memory_mib(device: torch.device | str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def speedup_figures(result: dict, plain_seconds: float, steps: int) -> dict:
-    """Add c (shortcut step / full step), the ideal N / (B + (N - B) c) and the achieved fractions."""
+def speedup_figures(result: dict, plain_seconds: float, steps: int, plain_memo_steps: int = 0) -> dict:
+    """Add c (shortcut step / full step), the ideal N / (B + (N - B) c) and the achieved fractions.
+
+    Full steps served from memory (step 0, MaskGIT: one pass per full step, so ``memo_passes``
+    counts them) cost nothing: the ideal counts only the full steps that ran, here and in plain.
+    """
     b = result["B"]
     full, short = result.get("full_step_s"), result.get("shortcut_step_s")
     c = short / full if full and short else float("nan")
     speed = plain_seconds / result["seconds"]
-    ideal = steps / (b + (steps - b) * c)
+    ideal = (steps - plain_memo_steps) / (b - result.get("memo_passes", 0) + (steps - b) * c)
     result.update(c=c, ideal=ideal, speedup=speed, of_ideal=speed / ideal, of_limit=speed / (steps / b))
     return result
 

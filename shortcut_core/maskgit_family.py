@@ -12,6 +12,7 @@ import torch
 
 from .checkpoints import CheckpointError
 from .conditions import resolve_class_list
+from .first_step import FirstStepMemo, weights_stamp
 from .maskgit import MaskGIT
 from .sampler import categorical, finite_number, gumbel_noise, masked_positions
 from .schedules import reveal_counts
@@ -65,6 +66,8 @@ class MaskGITMIGM:
         self.class_names = list(class_names) if class_names else None
         self.fingerprint = fingerprint
         self.info = dict(info or {})
+        self.first_step = FirstStepMemo(self._first_step_feature)
+        self.compiled: str | None = None  # set by compiled.compile_sampling
 
     # -- housekeeping -------------------------------------------------------------
     @property
@@ -131,8 +134,17 @@ class MaskGITMIGM:
             num_masked=c.num_image_tokens, guide_rows=guide_rows,
         )
 
+    def _first_step_feature(self, class_index: int) -> torch.Tensor:
+        c = self.config
+        tokens = torch.full((1, c.num_image_tokens), c.mask_id, dtype=torch.long, device=self.device)
+        return self.model.features(tokens, torch.tensor([class_index], device=self.device))
+
     def base_features(self, state: MaskGITState) -> torch.Tensor:
         tokens, classes = state.tokens, state.classes
+        if state.num_masked == self.config.num_image_tokens:
+            keys = classes.tolist() + ([self.config.null_class] * state.batch if state.guided else [])
+            feats, state.extras["from_memory"] = self.first_step.features(keys, weights_stamp(self.model), self.device)
+            return feats
         if state.guided:
             tokens = torch.cat([tokens, tokens])
             classes = torch.cat([classes, torch.full_like(classes, self.config.null_class)])

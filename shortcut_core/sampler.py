@@ -91,6 +91,7 @@ class SamplingStats:
     steps: int
     full_step_indices: list[int]
     base_passes: int = 0  # base-model forward passes actually run
+    memo_passes: int = 0  # full steps whose features came from memory (step 0, see first_step.py)
     plain_base_passes: int = 0  # what plain sampling would have run
     shortcut_steps: int = 0
     seconds: float = 0.0  # sampling loop only (base, shortcut, head, sampling)
@@ -116,7 +117,8 @@ class SamplingStats:
             f"full {self.full_steps}/{self.steps}, shortcut {self.shortcut_steps}, "
             f"base passes {self.base_passes} (plain: {self.plain_base_passes}), "
             f"{self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
-            f"({self.seconds_per_image:.3f} s/image)" + (f"; {self.placement}" if self.placement else "")
+            f"({self.seconds_per_image:.3f} s/image)" + ("; step 0 from memory" if self.memo_passes else "")
+            + (f"; {self.placement}" if self.placement else "")
         )
 
     def to_dict(self) -> dict:
@@ -126,6 +128,7 @@ class SamplingStats:
             "full_step_indices": self.full_step_indices,
             "shortcut_steps": self.shortcut_steps,
             "base_passes": self.base_passes,
+            "memo_passes": self.memo_passes,
             "plain_base_passes": self.plain_base_passes,
             "seconds": self.seconds,
             "seconds_per_image": self.seconds_per_image,
@@ -207,7 +210,10 @@ def sample(
             full = step in full_set
             if full:
                 feats = migm.base_features(state)
-                stats.base_passes += migm.passes_per_full_step(state)
+                if state.extras.pop("from_memory", False):
+                    stats.memo_passes += migm.passes_per_full_step(state)
+                else:
+                    stats.base_passes += migm.passes_per_full_step(state)
             else:
                 feats = migm.shortcut_features(shortcut, feats, state)
                 stats.shortcut_steps += 1

@@ -46,7 +46,7 @@ def test_generate_takes_class_specs():
 def test_unconditional_runs_one_pass_per_step_and_ignores_cfg():
     migm = tiny_migm(vqgan=False)
     runs = [generate(migm, classes="none", batch=3, steps=4, seed=1, cfg=w, decode=False) for w in (0.0, 2.8, 9.0)]
-    assert all(r.stats.base_passes == 4 and r.stats.plain_base_passes == 4 for r in runs)
+    assert all(r.stats.base_passes + r.stats.memo_passes == 4 == r.stats.plain_base_passes for r in runs)
     assert all(torch.equal(runs[0].tokens, r.tokens) for r in runs[1:])
     guided = generate(migm, classes=1, batch=3, steps=4, seed=1, cfg=2.8, decode=False)
     assert not torch.equal(guided.tokens, runs[0].tokens)
@@ -60,7 +60,7 @@ def test_mixed_list_guides_only_the_conditional_rows():
     b = generate(migm, classes=["none", 1], steps=5, seed=0, cfg=1.5, decode=False, full_steps=3, shortcut=sc)
     assert torch.equal(a.tokens[0], b.tokens[0])  # the unconditional row does not see cfg
     assert not torch.equal(a.tokens[1], b.tokens[1])
-    assert a.stats.base_passes == 3  # one batched pass (cond + uncond halves) per full step
+    assert a.stats.base_passes + a.stats.memo_passes == 3  # one batched pass (cond + uncond halves) per full step
 
 
 def test_defaults_come_from_the_model_file():

@@ -1,4 +1,5 @@
-"""CUDA checks of both families: sampling in bf16 and fp32, seed determinism, CUDA vs CPU, pass counts.
+"""CUDA checks of both families: sampling in bf16 and fp32, seed determinism, CUDA vs CPU, pass counts,
+compiled sampling (CUDA graphs on CUDA) against eager.
 
     python -m pytest -m gpu tests/test_gpu.py       # or all of it: python bench/gpu_check.py --out DIR
 
@@ -15,6 +16,7 @@ import os
 
 import torch
 
+from shortcut_core.compiled import compile_sampling
 from shortcut_core.dimoo.config import LLADA_PRESETS, SHORTCUT_PRESETS as DIMOO_SHORTCUTS
 from shortcut_core.dimoo.fake import random_llada
 from shortcut_core.dimoo.family import DiMOOMIGM
@@ -73,9 +75,9 @@ def check_sampling(migm, shortcut, conditions, passes_per_step: int, codes: int,
                       seed=seed, decode=False, callback=lambda info: finite.append(feats_finite(info.feats)), **options)
 
     plain, fast = run(None, 1), run(FULL, 1)
-    assert (plain.stats.base_passes, plain.stats.shortcut_steps) == (STEPS * passes_per_step, 0)
+    assert (plain.stats.base_passes + plain.stats.memo_passes, plain.stats.shortcut_steps) == (STEPS * passes_per_step, 0)
     assert fast.stats.full_step_indices == [0, 3, 5]
-    assert (fast.stats.base_passes, fast.stats.shortcut_steps) == (FULL * passes_per_step, STEPS - FULL)
+    assert (fast.stats.base_passes + fast.stats.memo_passes, fast.stats.shortcut_steps) == (FULL * passes_per_step, STEPS - FULL)
     assert fast.stats.plain_base_passes == STEPS * passes_per_step
     assert all(finite), "a step produced NaN/inf features"
     for res in (plain, fast):
@@ -191,3 +193,18 @@ def test_dimoo_fp32_matches_cpu_and_bf16_stays_close():
         here, low = dimoo_first_steps(here_migm, here_short, twin=dimoo(dev, torch.bfloat16))
     for x, y in zip(low, here):
         assert cosine(x, y) > 0.999
+
+
+def test_compiled_sampling_matches_eager():
+    """``compile_sampling`` (reduce-overhead on CUDA: replayed CUDA graphs) gives eager's tokens, replay after replay."""
+    dev = device()
+    runs = ((maskgit(dev, torch.float32), CLASSES, dict(cfg=1.5)),
+            (dimoo(dev, torch.float32), PROMPT, dict(temperature=0.0, **DIMOO_OPTIONS)))
+    with fp32_matmuls():
+        for (migm, shortcut), conditions, options in runs:
+            kw = dict(steps=STEPS, full_steps=FULL, shortcut=shortcut, seed=1, decode=False, **options)
+            eager = sample(migm, conditions, **kw)
+            compile_sampling(migm, shortcut)
+            first, again = sample(migm, conditions, **kw), sample(migm, conditions, **kw)
+            assert torch.equal(first.tokens, eager.tokens), migm.family
+            assert torch.equal(again.tokens, eager.tokens), migm.family

@@ -34,13 +34,13 @@ def check_timings(rec: dict, passes_per_full_step: int, group: str | None) -> No
         plain, *fast = rec["results"][i * (1 + len(budgets)):(i + 1) * (1 + len(budgets))]
         assert g is None or plain[group] == g
         assert (plain["setting"], plain["B"], plain["shortcut_steps"]) == ("plain", n, 0)
-        assert plain["base_passes"] == plain["plain_base_passes"] == n * passes_per_full_step
+        assert plain["base_passes"] + plain["memo_passes"] == plain["plain_base_passes"] == n * passes_per_full_step
         assert [r["B"] for r in fast] == budgets
         for r in [plain, *fast]:
             assert r["s_per_image"] > 0 and r["seconds"] > 0 and r["peak_mib"] > 0 and r["full_step_s"] > 0
         for r in fast:
             assert r["setting"] == f"shortcut B={r['B']}" and len(r["full_step_indices"]) == r["B"]
-            assert r["base_passes"] == r["B"] * passes_per_full_step and r["shortcut_steps"] == n - r["B"]
+            assert r["base_passes"] + r["memo_passes"] == r["B"] * passes_per_full_step and r["shortcut_steps"] == n - r["B"]
             assert r["c"] > 0 and r["speedup"] > 0 and r["of_limit"] > 0 and r["ideal"] > 0
             assert r["limit"] == pytest.approx(n / r["B"])
 
@@ -57,21 +57,27 @@ def test_smoke_run_writes_the_report_with_real_figures(tmp_path):
     assert "gpu_check.py --smoke" in report["command"]
     assert report["machine"]["torch"] == torch.__version__ and report["machine"]["device"]
     sections = report["sections"]
-    assert list(sections) == ["cuda_tests", "maskgit", "dimoo"]
+    assert list(sections) == ["cuda_tests", "maskgit", "dimoo", "maskgit_compiled"]
 
     tests = sections["cuda_tests"]
     assert tests["status"] == "passed" and tests["device"] == "cpu" and "no CUDA" in tests["note"]
     assert tests["runner"].startswith("pytest")  # pytest is installed here, so the subprocess path ran
-    assert len(tests["tests"]) >= 6 and all(t["outcome"] == "passed" for t in tests["tests"])
-    assert {t["name"] for t in tests["tests"]} >= {"test_maskgit_samples_in_bf16", "test_dimoo_samples_in_fp32"}
+    assert len(tests["tests"]) >= 7 and all(t["outcome"] == "passed" for t in tests["tests"])
+    assert {t["name"] for t in tests["tests"]} >= {"test_maskgit_samples_in_bf16", "test_dimoo_samples_in_fp32",
+                                                   "test_compiled_sampling_matches_eager"}
 
     check_timings(sections["maskgit"], passes_per_full_step=1, group="batch")  # cond + uncond in one forward
     check_timings(sections["dimoo"], passes_per_full_step=2, group=None)  # cond and uncond: two forwards
+    compiled = sections["maskgit_compiled"]
+    check_timings(compiled, passes_per_full_step=1, group="batch")
+    assert compiled["batches"] == [1] and compiled["compile_mode"] == "default" and compiled["compile_seconds"] > 0
+    # step 0 of the warmed-up class comes from memory in every timed run
+    assert all(r["memo_passes"] == 1 for r in compiled["results"])
 
     assert "SMOKE" in md and report["command"] in md and "all sections passed" in md
     for name in sections:
         assert f"## {name}: passed" in md
-    assert "| 4 | shortcut B=2 |" in md and "| shortcut B=4 |" in md
+    assert "| 4 | shortcut B=2 |" in md and "| shortcut B=4 |" in md and "+1 from memory" in md
 
 
 def test_gpu_tests_run_without_pytest_too():

@@ -23,15 +23,15 @@ def test_b_equals_n_is_plain_sampling(migm, shortcut):
     with pytest.warns(UserWarning, match="without a shortcut: every step runs the base model"):
         off = generate(migm, [0, 1, 2], steps=8, full_steps=3, shortcut=None, seed=11)
     assert torch.equal(plain.tokens, same.tokens) and torch.equal(plain.tokens, off.tokens)
-    assert same.stats.shortcut_steps == 0 and same.stats.base_passes == 8
+    assert same.stats.shortcut_steps == 0 and same.stats.base_passes + same.stats.memo_passes == 8
 
 
 def test_shortcut_run_stats_and_images(migm, shortcut):
     res = generate(migm, ["a", 1, 2, 0], steps=8, full_steps=3, shortcut=shortcut, seed=2)
     s = res.stats
     assert s.full_step_indices == [0, 3, 5] and s.shortcut_steps == 5
-    assert s.base_passes == 3 and s.plain_base_passes == 8
-    assert "full 3/8, shortcut 5, base passes 3 (plain: 8)" in s.report()
+    assert s.base_passes + s.memo_passes == 3 and s.plain_base_passes == 8
+    assert f"full 3/8, shortcut 5, base passes {s.base_passes} (plain: 8)" in s.report()
     assert res.tokens.shape == (4, 4, 4) and int(res.tokens.max()) < 16  # no [MASK] left
     assert res.images.shape == (4, 16, 16, 3) and res.images.dtype == torch.float32
     assert 0.0 <= float(res.images.min()) and float(res.images.max()) <= 1.0

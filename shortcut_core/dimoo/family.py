@@ -132,6 +132,7 @@ class DiMOOMIGM:
         self.name = name
         self.fingerprint = fingerprint or weights_fingerprint(model.state_dict(), model.config.to_dict())
         self.info = dict(info or {})
+        self.compiled: str | None = None  # set by compiled.compile_sampling
 
     @classmethod
     def from_parts(cls, parts, name: str | None = None) -> "DiMOOMIGM":

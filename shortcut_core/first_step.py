@@ -1,0 +1,71 @@
+"""Step 0 from memory: before anything is revealed a row is all [MASK] plus its condition,
+so its final-layer feature depends on the condition alone and is the same in every run.
+
+The memo computes each condition's feature in a batch of its own, so a row's bits never
+depend on what else was in the batch or on what earlier runs left in the memo: same seed,
+same tokens, memo cold or warm. Features are kept on the CPU (a model ComfyUI offloads
+leaves no GPU memory behind) and forgotten as soon as any weight changes (moved, cast,
+trained or reloaded), which the weights' stamp notices.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence
+
+import torch
+
+DEFAULT_MAX_MIB = 128
+
+
+def weights_stamp(module: torch.nn.Module) -> tuple:
+    """Changes whenever a weight is replaced, moved, cast or modified in place (its version counter)."""
+    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+
+
+class FirstStepMemo:
+    """Condition key -> step-0 feature (1, T, hidden), least recently used first out."""
+
+    def __init__(self, compute: Callable[[Hashable], torch.Tensor], max_mib: float = DEFAULT_MAX_MIB):
+        self.compute = compute
+        self.max_bytes = int(max_mib * 2**20)
+        self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
+        self.stamp: tuple | None = None
+        self.hits = self.misses = 0
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.numel() * f.element_size() for f in self.entries.values())
+
+    def clear(self) -> None:
+        self.entries.clear()
+
+    def features(self, keys: Sequence[Hashable], stamp: tuple, device) -> tuple[torch.Tensor, bool]:
+        """(len(keys), T, hidden) on ``device``, and whether every row came from memory."""
+        if stamp != self.stamp:
+            self.entries.clear()
+            self.stamp = stamp
+        unique = list(dict.fromkeys(keys))
+        rows, all_hit = {}, True
+        for key in unique:
+            feat = self.entries.get(key)
+            if feat is None:
+                all_hit = False
+                self.misses += 1
+                feat = self.compute(key)
+                self.store(key, feat)
+            else:
+                self.hits += 1
+                self.entries.move_to_end(key)
+            rows[key] = feat.to(device)
+        stacked = torch.cat([rows[k] for k in unique])
+        where = {k: i for i, k in enumerate(unique)}
+        index = torch.tensor([where[k] for k in keys], device=stacked.device)
+        return stacked.index_select(0, index), all_hit
+
+    def store(self, key: Hashable, feat: torch.Tensor) -> None:
+        size = feat.numel() * feat.element_size()
+        if size > self.max_bytes:
+            return
+        self.entries[key] = feat.detach().to("cpu", copy=True)
+        while self.bytes > self.max_bytes:
+            self.entries.popitem(last=False)

@@ -1,0 +1,83 @@
+"""Step 0 from memory: exact, independent of the batch and of history, forgotten when weights change."""
+import torch
+
+from shortcut_core import generate
+from shortcut_core.first_step import FirstStepMemo
+from tests.tiny import tiny_migm, tiny_shortcut
+
+CLASSES = [0, 2, 2, "none", 1]
+
+
+def step0_features(migm, classes, **kwargs):
+    seen = []
+    generate(migm, classes, steps=4, seed=3, decode=False, callback=lambda info: seen.append(info.feats.clone())
+             if info.step == 0 else None, **kwargs)
+    return seen[0]
+
+
+def direct_step0(migm, class_index):
+    c = migm.config
+    with torch.inference_mode():
+        return migm.model.features(torch.full((1, c.num_image_tokens), c.mask_id), torch.tensor([class_index]))[0]
+
+
+def test_same_tokens_with_the_memo_cold_warm_or_holding_nothing():
+    migm = tiny_migm(vqgan=False)
+    sc = tiny_shortcut(migm)
+    kwargs = dict(steps=8, full_steps=3, shortcut=sc, seed=5, decode=False, cfg=1.5)
+    cold = generate(migm, CLASSES, **kwargs)
+    warm = generate(migm, CLASSES, **kwargs)
+    empty = tiny_migm(vqgan=False)
+    empty.first_step.max_bytes = 0
+    never = generate(empty, CLASSES, **{**kwargs, "shortcut": tiny_shortcut(empty)})
+    assert torch.equal(cold.tokens, warm.tokens) and torch.equal(cold.tokens, never.tokens)
+    assert (cold.stats.base_passes, cold.stats.memo_passes) == (3, 0)
+    assert (warm.stats.base_passes, warm.stats.memo_passes) == (2, 1)
+    assert (never.stats.base_passes, never.stats.memo_passes) == (3, 0) and not empty.first_step.entries
+    assert "step 0 from memory" in warm.stats.report() and "step 0 from memory" not in cold.stats.report()
+    assert migm.first_step.misses == 4 and migm.first_step.hits == 4  # classes 0, 2, 1 and the null class
+
+
+def test_each_row_is_its_condition_alone_whatever_the_batch():
+    migm = tiny_migm(vqgan=False)
+    feats = step0_features(migm, CLASSES, cfg=1.5)
+    null = migm.config.null_class
+    expected = [0, 2, 2, null, 1] + [null] * len(CLASSES)  # the guidance half: the null class
+    for row, class_index in enumerate(expected):
+        assert torch.equal(feats[row], direct_step0(migm, class_index)), row
+    fresh = tiny_migm(vqgan=False)
+    alone = step0_features(fresh, [2], cfg=1.5)
+    assert torch.equal(alone[0], feats[1])
+
+
+def test_memo_forgets_when_a_weight_changes_in_place_or_is_cast():
+    migm = tiny_migm(vqgan=False)
+    before = step0_features(migm, [1], cfg=0.0)
+    with torch.no_grad():
+        migm.model.first_layer[2].weight.add_(0.05)
+    after = step0_features(migm, [1], cfg=0.0)
+    assert not torch.allclose(before, after)
+    assert torch.equal(after[0], direct_step0(migm, 1))
+    migm.to(dtype=torch.float64)
+    cast = step0_features(migm, [1], cfg=0.0)
+    assert cast.dtype == torch.float64 and torch.equal(cast[0], direct_step0(migm, 1))
+
+
+def test_memo_holds_at_most_its_budget_least_recently_used_out():
+    calls = []
+
+    def compute(key):
+        calls.append(key)
+        return torch.full((1, 4, 8), float(key))  # 128 bytes
+
+    memo = FirstStepMemo(compute, max_mib=300 / 2**20)  # room for two
+    stamp = ("weights",)
+    for keys in ([0], [1], [0], [2], [1]):
+        feats, _ = memo.features(keys, stamp, "cpu")
+        assert float(feats[0, 0, 0]) == keys[0]
+    assert calls == [0, 1, 2, 1]  # 1 was the least recently used when 2 came
+    assert list(memo.entries) == [2, 1] and memo.bytes <= memo.max_bytes
+    feats, hit = memo.features([2, 1, 2], stamp, "cpu")
+    assert hit and feats[:, 0, 0].tolist() == [2.0, 1.0, 2.0]
+    _, hit = memo.features([2], ("other weights",), "cpu")
+    assert not hit and calls[-1] == 2
