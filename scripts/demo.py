@@ -111,12 +111,14 @@ def main(argv=None) -> dict:
         speedup = results["plain"].stats.seconds / results["shortcut"].stats.seconds
         rows.append(titled(row_of(panels), f"{regime} ({len(classes)} images per method, {args.show} per class "
                                            f"shown): shortcut {speedup:.1f}x faster than plain N={n}"))
-        report[regime] = {k: {"seconds": r.stats.seconds, "base_passes": r.stats.base_passes}
-                          for k, r in results.items()}
+        report[regime] = {k: {"seconds": r.stats.seconds, "base_passes": r.stats.base_passes,
+                              "memo_passes": r.stats.memo_passes} for k, r in results.items()}
         report[regime]["speedup"] = speedup
-        print(f"{regime}: shortcut {speedup:.2f}x faster than plain N={n} "
-              f"({results['plain'].stats.seconds:.2f} s -> {results['shortcut'].stats.seconds:.2f} s), base passes "
-              f"{results['plain'].stats.base_passes} -> {results['shortcut'].stats.base_passes}", flush=True)
+        plain, fast = results["plain"].stats, results["shortcut"].stats
+        print(f"{regime}: shortcut {speedup:.2f}x faster than plain N={n} ({plain.seconds:.2f} s -> "
+              f"{fast.seconds:.2f} s), full steps {plain.full_steps} -> {fast.full_steps} (base passes run "
+              f"{plain.base_passes} -> {fast.base_passes}"
+              + (", step 0 from memory in each)" if plain.memo_passes and fast.memo_passes else ")"), flush=True)
         if regime == "class-conditional":
             consistency = class_consistency_or_none({k: r.images for k, r in results.items()}, classes)
             if consistency:

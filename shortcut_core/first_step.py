@@ -18,8 +18,17 @@ DEFAULT_MAX_MIB = 128
 
 
 def weights_stamp(module: torch.nn.Module) -> tuple:
-    """Changes whenever a weight is replaced, moved, cast or modified in place (its version counter)."""
-    return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in module.parameters())
+    """Changes whenever a weight is replaced, moved or cast, or modified in place (its version
+    counter). Weights made under ``torch.inference_mode`` (ComfyUI loads models so) keep no
+    version counter; for them only replacement, moves and casts are seen."""
+    return tuple((p.data_ptr(), p.dtype, p.device, version(p)) for p in module.parameters())
+
+
+def version(tensor: torch.Tensor) -> int:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference tensor, or one made from one outside inference mode
+        return -1
 
 
 class FirstStepMemo:

@@ -23,7 +23,7 @@ class ProgressBar:
         self.interval = interval
         self.postfix = ""
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._last = -float("inf")  # the first update always shows (perf_counter may start near 0: a fresh boot)
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
                         smoothing=0.1) if enabled and tty else None

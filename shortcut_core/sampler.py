@@ -115,10 +115,9 @@ class SamplingStats:
         """One line that proves what ran, e.g. for a log or a node's report output."""
         return (
             f"full {self.full_steps}/{self.steps}, shortcut {self.shortcut_steps}, "
-            f"base passes {self.base_passes} (plain: {self.plain_base_passes}), "
-            f"{self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
-            f"({self.seconds_per_image:.3f} s/image)" + ("; step 0 from memory" if self.memo_passes else "")
-            + (f"; {self.placement}" if self.placement else "")
+            f"base passes {self.base_passes}" + (f" + {self.memo_passes} from memory" if self.memo_passes else "")
+            + f" (plain: {self.plain_base_passes}), {self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
+            f"({self.seconds_per_image:.3f} s/image)" + (f"; {self.placement}" if self.placement else "")
         )
 
     def to_dict(self) -> dict:

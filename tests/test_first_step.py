@@ -34,7 +34,8 @@ def test_same_tokens_with_the_memo_cold_warm_or_holding_nothing():
     assert (cold.stats.base_passes, cold.stats.memo_passes) == (3, 0)
     assert (warm.stats.base_passes, warm.stats.memo_passes) == (2, 1)
     assert (never.stats.base_passes, never.stats.memo_passes) == (3, 0) and not empty.first_step.entries
-    assert "step 0 from memory" in warm.stats.report() and "step 0 from memory" not in cold.stats.report()
+    assert "base passes 2 + 1 from memory (plain: 8)" in warm.stats.report()
+    assert "base passes 3 (plain: 8)" in cold.stats.report()
     assert migm.first_step.misses == 4 and migm.first_step.hits == 4  # classes 0, 2, 1 and the null class
 
 
@@ -81,3 +82,14 @@ def test_memo_holds_at_most_its_budget_least_recently_used_out():
     assert hit and feats[:, 0, 0].tolist() == [2.0, 1.0, 2.0]
     _, hit = memo.features([2], ("other weights",), "cpu")
     assert not hit and calls[-1] == 2
+
+
+def test_weights_made_in_inference_mode_are_stamped_too():
+    with torch.inference_mode():
+        migm = tiny_migm(vqgan=False)  # as ComfyUI loads models: inference tensors, no version counter
+    before = step0_features(migm, [1], cfg=0.0)
+    assert torch.equal(step0_features(migm, [1], cfg=0.0), before) and migm.first_step.hits == 1
+    with torch.inference_mode():
+        migm.to(dtype=torch.float64)
+    cast = step0_features(migm, [1], cfg=0.0)
+    assert cast.dtype == torch.float64 and torch.equal(cast[0], direct_step0(migm, 1))

@@ -31,7 +31,8 @@ def test_shortcut_run_stats_and_images(migm, shortcut):
     s = res.stats
     assert s.full_step_indices == [0, 3, 5] and s.shortcut_steps == 5
     assert s.base_passes + s.memo_passes == 3 and s.plain_base_passes == 8
-    assert f"full 3/8, shortcut 5, base passes {s.base_passes} (plain: 8)" in s.report()
+    memo = f" + {s.memo_passes} from memory" if s.memo_passes else ""
+    assert f"full 3/8, shortcut 5, base passes {s.base_passes}{memo} (plain: 8)" in s.report()
     assert res.tokens.shape == (4, 4, 4) and int(res.tokens.max()) < 16  # no [MASK] left
     assert res.images.shape == (4, 16, 16, 3) and res.images.dtype == torch.float32
     assert 0.0 <= float(res.images.min()) and float(res.images.max()) <= 1.0
