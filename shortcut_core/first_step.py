@@ -32,7 +32,8 @@ def version(tensor: torch.Tensor) -> int:
 
 
 class FirstStepMemo:
-    """Condition key -> step-0 feature (1, T, hidden), least recently used first out."""
+    """Condition key (hashable: a class index, a token-id tuple) -> step-0 feature (1, T, hidden),
+    least recently used first out."""
 
     def __init__(self, compute: Callable[[Hashable], torch.Tensor], max_mib: float = DEFAULT_MAX_MIB):
         self.compute = compute
@@ -48,8 +49,8 @@ class FirstStepMemo:
     def clear(self) -> None:
         self.entries.clear()
 
-    def features(self, keys: Sequence[Hashable], stamp: tuple, device) -> tuple[torch.Tensor, bool]:
-        """(len(keys), T, hidden) on ``device``, and whether every row came from memory."""
+    def rows(self, keys: Sequence[Hashable], stamp: tuple, device) -> tuple[list[torch.Tensor], bool]:
+        """One (1, T_key, hidden) feature on ``device`` per key, and whether all came from memory."""
         if stamp != self.stamp:
             self.entries.clear()
             self.stamp = stamp
@@ -66,10 +67,7 @@ class FirstStepMemo:
                 self.hits += 1
                 self.entries.move_to_end(key)
             rows[key] = feat.to(device)
-        stacked = torch.cat([rows[k] for k in unique])
-        where = {k: i for i, k in enumerate(unique)}
-        index = torch.tensor([where[k] for k in keys], device=stacked.device)
-        return stacked.index_select(0, index), all_hit
+        return [rows[k] for k in keys], all_hit
 
     def store(self, key: Hashable, feat: torch.Tensor) -> None:
         size = feat.numel() * feat.element_size()

@@ -143,8 +143,8 @@ class MaskGITMIGM:
         tokens, classes = state.tokens, state.classes
         if state.num_masked == self.config.num_image_tokens:
             keys = classes.tolist() + ([self.config.null_class] * state.batch if state.guided else [])
-            feats, state.extras["from_memory"] = self.first_step.features(keys, weights_stamp(self.model), self.device)
-            return feats
+            rows, state.extras["from_memory"] = self.first_step.rows(keys, weights_stamp(self.model), self.device)
+            return torch.cat(rows)
         if state.guided:
             tokens = torch.cat([tokens, tokens])
             classes = torch.cat([classes, torch.full_like(classes, self.config.null_class)])

@@ -100,7 +100,7 @@ def test_shortcut_inputs_follow_the_reference_layout(migm):
 def test_shortcut_run(migm, shortcut):
     r = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=1, **SIZE)
     assert r.stats.full_step_indices == [0, 3, 5]
-    assert (r.stats.base_passes, r.stats.shortcut_steps) == (6, 5)
+    assert (r.stats.base_passes + r.stats.memo_passes, r.stats.shortcut_steps) == (6, 5)
     assert ((r.tokens >= 0) & (r.tokens < 8192)).all()
     assert torch.isfinite(r.images).all()
 
@@ -130,7 +130,7 @@ def test_batch_of_two_prompts_matches_single_runs(migm, shortcut, full_steps):
 def test_batch_option_repeats_a_prompt_and_cfg_zero_runs_one_branch(migm):
     r = sample(migm, "a red cat", steps=4, batch=2, cfg=0.0, seed=0, decode=False, **SIZE)
     assert r.tokens.shape == (2, 3, 2)
-    assert r.stats.base_passes == 4  # one forward per full step without guidance
+    assert r.stats.base_passes + r.stats.memo_passes == 4  # one forward per full step without guidance
 
 
 def test_bad_sizes_and_inputs_are_refused(migm):
@@ -208,3 +208,20 @@ def test_preview_during_sampling(migm):
                     callback=lambda info: seen.append(migm.preview(info.state, info.feats)), **SIZE)
     assert len(seen) == STEPS and tuple(seen[0].shape) == tuple(result.images[0].shape)
     assert torch.equal(seen[-1], result.images[0])
+
+
+def test_step0_from_memory_gives_the_same_tokens_for_prompts_of_any_length(folder):
+    """Each prompt's step 0 is computed alone and padded back: a padded batch, a cold or warm memo,
+    or none at all give the same tokens; the unconditional prefix is shared by every prompt."""
+    prompts = ["a red cat", "two small dogs playing on a green sofa"]
+    kw = dict(steps=4, seed=2, decode=False, cfg=4.0, **SIZE)
+    warm_migm = load_migm(folder)
+    cold = sample(warm_migm, prompts, **kw)
+    warm = sample(warm_migm, prompts, **kw)
+    never_migm = load_migm(folder)
+    never_migm.first_step.max_bytes = 0
+    never = sample(never_migm, prompts, **kw)
+    assert torch.equal(cold.tokens, warm.tokens) and torch.equal(cold.tokens, never.tokens)
+    assert (cold.stats.base_passes, cold.stats.memo_passes) == (8, 0)
+    assert (warm.stats.base_passes, warm.stats.memo_passes) == (6, 2)
+    assert warm_migm.first_step.misses == 3  # two prompts and the shared unconditional prefix

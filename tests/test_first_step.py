@@ -74,13 +74,13 @@ def test_memo_holds_at_most_its_budget_least_recently_used_out():
     memo = FirstStepMemo(compute, max_mib=300 / 2**20)  # room for two
     stamp = ("weights",)
     for keys in ([0], [1], [0], [2], [1]):
-        feats, _ = memo.features(keys, stamp, "cpu")
-        assert float(feats[0, 0, 0]) == keys[0]
+        rows, _ = memo.rows(keys, stamp, "cpu")
+        assert float(rows[0][0, 0, 0]) == keys[0]
     assert calls == [0, 1, 2, 1]  # 1 was the least recently used when 2 came
     assert list(memo.entries) == [2, 1] and memo.bytes <= memo.max_bytes
-    feats, hit = memo.features([2, 1, 2], stamp, "cpu")
-    assert hit and feats[:, 0, 0].tolist() == [2.0, 1.0, 2.0]
-    _, hit = memo.features([2], ("other weights",), "cpu")
+    rows, hit = memo.rows([2, 1, 2], stamp, "cpu")
+    assert hit and [float(r[0, 0, 0]) for r in rows] == [2.0, 1.0, 2.0]
+    _, hit = memo.rows([2], ("other weights",), "cpu")
     assert not hit and calls[-1] == 2
 
 
