@@ -10,6 +10,10 @@ Variants: ``eager`` (the default sampler: step 0 from memory once a class has be
 step 0 from memory). Every variant's timed runs follow an untimed warm-up run of the same
 class (which also pays any compile).
 
+``--alternate`` times the variants in one process instead, switching between them run by
+run on the same weights (``--repeats`` rounds at each B, medians): on a machine whose speed
+drifts by several percent between processes, this is the fair ratio. It measures time only.
+
 Prints seconds per image, base forward passes, the measured cost ratio
 c = shortcut step / full step (head, sampling and bookkeeping included), the ideal
 speed-up N / (B + (N - B) c), the achieved fraction of it and of the N / B limit, and
@@ -79,6 +83,56 @@ def run_setting(args: dict, queue) -> None:
     })
 
 
+def alternate(args) -> list[dict]:
+    """Every variant at every B, run after run in one process; medians of ``args.repeats`` rounds."""
+    import torch
+
+    from shortcut_core import generate
+    from shortcut_core.compiled import compile_sampling, uncompile_sampling
+    from shortcut_core.first_step import FirstStepMemo
+
+    torch.set_num_threads(args.threads)
+    migm, shortcut = build(args.grid, args.device, getattr(torch, args.dtype))
+    compile_sampling(migm, shortcut)
+    compiled = migm.model.__dict__["features"], shortcut.__dict__["forward"]
+    uncompile_sampling(migm, shortcut)
+    memos = {"computed": FirstStepMemo(migm._first_step_feature, max_mib=0), "warm": migm.first_step}
+
+    def use(variant: str) -> None:
+        uncompile_sampling(migm, shortcut)
+        if variant == "compiled":
+            migm.model.features, shortcut.forward = compiled
+        migm.first_step = memos["computed" if variant == "computed" else "warm"]
+
+    variants = args.variant_list
+    budgets = [int(x) for x in args.full_steps.split(",")]
+    kwargs = dict(steps=args.steps, cfg=2.8, r_temp=7.0, sm_temp=1.0, decode=False, classes=list(range(args.batch)))
+    for variant in variants:  # warm-up: compiles every shape, remembers step 0 of these classes
+        use(variant)
+        for b in budgets:
+            generate(migm, full_steps=b, shortcut=shortcut, seed=99, **kwargs)
+    times = {(v, b): [] for v in variants for b in budgets}
+    for rep in range(args.repeats):
+        for b in budgets:
+            for variant in variants:
+                use(variant)
+                res = generate(migm, full_steps=b, shortcut=shortcut, seed=rep, **kwargs)
+                times[variant, b].append(res.stats.seconds)
+                print(f"  round {rep + 1}: {variant} B={b}: {res.stats.seconds:.2f} s ({res.stats.report()})", flush=True)
+    results = [{"variant": v, "B": b, "seconds": statistics.median(t), "all_seconds": t, "batch": args.batch}
+               for (v, b), t in times.items()]
+    print(f"\nIn one process, variants alternating run by run, {args.repeats} rounds, medians; {args.grid}x{args.grid} "
+          f"tokens, N={args.steps}, guidance 2.8, batch {args.batch}, {args.device} {args.dtype}, {args.threads} threads")
+    print(f"{'variant':<10}{'setting':<15}{'s/image':>9}{f'vs {variants[0]}':>14}  seconds of each round")
+    for b in budgets:
+        first = statistics.median(times[variants[0], b])
+        for r in (r for r in results if r["B"] == b):
+            r["vs_first"] = first / r["seconds"]
+            print(f"{r['variant']:<10}{f'shortcut B={b}':<15}{r['seconds'] / args.batch:>9.3f}{r['vs_first']:>13.2f}x  "
+                  + " ".join(f"{t:.2f}" for t in r["all_seconds"]))
+    return results
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", type=int, default=32, help="token grid side (32 = 512 px, 16 = quick run)")
@@ -90,12 +144,18 @@ def main(argv=None) -> int:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default="eager", help="comma list of computed, eager, compiled (see above)")
+    p.add_argument("--alternate", action="store_true", help="time the variants in one process, run by run (above)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
 
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = args.variant_list = [v.strip() for v in args.variants.split(",") if v.strip()]
     if not variants or set(variants) - {"computed", "eager", "compiled"}:
         p.error(f"--variants takes a comma list of computed, eager, compiled; got {args.variants!r}")
+    if args.alternate:
+        results = alternate(args)
+        if args.json:
+            write_json(args.json, args, results)
+        return 0
     ctx = mp.get_context("spawn")
     results = []
     for b in [args.steps] + [int(x) for x in args.full_steps.split(",")]:
