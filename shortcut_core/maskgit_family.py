@@ -140,11 +140,16 @@ class MaskGITMIGM:
         return self.model.features(tokens, torch.tensor([class_index], device=self.device))
 
     def base_features(self, state: MaskGITState) -> torch.Tensor:
-        tokens, classes = state.tokens, state.classes
         if state.num_masked == self.config.num_image_tokens:
-            keys = classes.tolist() + ([self.config.null_class] * state.batch if state.guided else [])
+            keys = state.classes.tolist() + ([self.config.null_class] * state.batch if state.guided else [])
             rows, state.extras["from_memory"] = self.first_step.rows(keys, weights_stamp(self.model), self.device)
             return torch.cat(rows)
+        return self.batched_features(state)
+
+    def batched_features(self, state: MaskGITState) -> torch.Tensor:
+        """One base pass over every row (the guided half appended), at any step: what the
+        reference runs at every full step, step 0 included."""
+        tokens, classes = state.tokens, state.classes
         if state.guided:
             tokens = torch.cat([tokens, tokens])
             classes = torch.cat([classes, torch.full_like(classes, self.config.null_class)])

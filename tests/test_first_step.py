@@ -93,3 +93,10 @@ def test_weights_made_in_inference_mode_are_stamped_too():
         migm.to(dtype=torch.float64)
     cast = step0_features(migm, [1], cfg=0.0)
     assert cast.dtype == torch.float64 and torch.equal(cast[0], direct_step0(migm, 1))
+
+
+def test_memo_rows_match_the_batched_pass_the_reference_runs():
+    migm = tiny_migm(vqgan=False)
+    state = migm.start([0, 2, "none"], steps=4, generator=torch.Generator().manual_seed(0), cfg=1.5)
+    with torch.inference_mode():
+        torch.testing.assert_close(migm.base_features(state), migm.batched_features(state), rtol=1e-5, atol=1e-5)
