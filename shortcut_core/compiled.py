@@ -1,7 +1,7 @@
 """Compiled sampling: ``torch.compile`` on the base forward and the shortcut network.
 
 Opt-in, by measurement: on this project's 2-core CPU the base forward already runs at
-about 90 % of the machine's fp32 matrix-multiply peak, and inductor gains 3-5 % for a
+about 95 % of the machine's fp32 matrix-multiply peak, and inductor gains 0-5 % for a
 compile of 30-60 s (``docs/results/bench_compile.md``); on CUDA, ``mode="reduce-overhead"``
 replays the small kernels of a shortcut step as CUDA graphs. The base forward's shapes are
 fixed per batch; a shortcut step's number of new tokens changes every step, so the
