@@ -91,7 +91,8 @@ def run_setting(migm, shortcut, full_steps: int, args, device) -> dict:
         decode.append(res.stats.decode_seconds)
     return {
         "B": full_steps, "seconds": statistics.median(seconds), "decode_seconds": statistics.median(decode),
-        "base_passes": res.stats.base_passes, "plain_base_passes": res.stats.plain_base_passes,
+        "base_passes": res.stats.base_passes, "memo_passes": res.stats.memo_passes,
+        "plain_base_passes": res.stats.plain_base_passes,
         "shortcut_steps": res.stats.shortcut_steps, "full_step_indices": res.stats.full_step_indices,
         "full_step_s": timer.median(True),
         "shortcut_step_s": timer.median(False),
@@ -160,7 +161,7 @@ def main(argv=None) -> int:
             print(f"{'plain':<14}{r['seconds']:>9.2f}{1.0:>9.2f}x{r['base_passes']:>10}{'':>8}{'':>8}{'':>10}{'':>7}"
                   f"{r['decode_seconds']:>10.2f}{r['peak_gib']:>10.1f}")
             continue
-        speedup_figures(r, plain["seconds"], n)
+        speedup_figures(r, plain, n)
         print(f"{f'shortcut B={b}':<14}{r['seconds']:>9.2f}{speed:>9.2f}x{r['base_passes']:>10}{r['c']:>8.3f}"
               f"{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['decode_seconds']:>10.2f}"
               f"{r['peak_gib']:>10.1f}")

@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         if b == n:
             print(f"{head}{'':>8}{'':>8}{'':>10}{'':>7}{'':>8}{r['peak_mib']:>10.0f}")
             continue
-        speedup_figures(r, plain[r["variant"]]["seconds"], n, plain[r["variant"]]["memo_passes"])
+        speedup_figures(r, plain[r["variant"]], n)
         print(f"{head}{r['c']:>8.3f}{r['ideal']:>7.2f}x{r['of_ideal']:>10.2f}{n / b:>6.2f}x{r['of_limit']:>8.2f}"
               f"{r['peak_mib']:>10.0f}")
     print("base passes: forward passes run, +Nm: full steps served from memory (step 0); speed-up: over plain of "

@@ -204,7 +204,7 @@ def add_speedups(rows: list[dict]) -> None:
     plain = rows[0]
     plain.update(speedup=1.0, limit=1.0)
     for r in rows[1:]:
-        speedup_figures(r, plain["seconds"], r["N"], plain.get("memo_passes", 0))
+        speedup_figures(r, plain, r["N"])
         r["limit"] = r["N"] / r["B"]
 
 

@@ -48,17 +48,21 @@ def peak_memory_mib(device: torch.device | str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def speedup_figures(result: dict, plain_seconds: float, steps: int, plain_memo_steps: int = 0) -> dict:
-    """Add c (shortcut step / full step), the ideal N / (B + (N - B) c) and the achieved fractions.
+def memo_steps(row: dict) -> float:
+    """Full steps of a row served from memory (its ``memo_passes`` over the passes per full step)."""
+    memo = row.get("memo_passes", 0)
+    return memo * row["B"] / (row["base_passes"] + memo) if memo else 0.0
 
-    Full steps served from memory (step 0, MaskGIT: one pass per full step, so ``memo_passes``
-    counts them) cost nothing: the ideal counts only the full steps that ran, here and in plain.
-    """
+
+def speedup_figures(result: dict, plain: dict, steps: int) -> dict:
+    """Add c (shortcut step / full step), the ideal N / (B + (N - B) c) and the achieved fractions,
+    against the ``plain`` row of the same run. Full steps served from memory cost nothing: the
+    ideal counts only the full steps that ran, here and in plain."""
     b = result["B"]
     full, short = result.get("full_step_s"), result.get("shortcut_step_s")
     c = short / full if full and short else float("nan")
-    speed = plain_seconds / result["seconds"]
-    ideal = (steps - plain_memo_steps) / (b - result.get("memo_passes", 0) + (steps - b) * c)
+    speed = plain["seconds"] / result["seconds"]
+    ideal = (steps - memo_steps(plain)) / (b - memo_steps(result) + (steps - b) * c)
     result.update(c=c, ideal=ideal, speedup=speed, of_ideal=speed / ideal, of_limit=speed / (steps / b))
     return result
 

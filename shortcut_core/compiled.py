@@ -44,11 +44,10 @@ def compile_sampling(migm, shortcut=None, mode: str | None = None) -> str:
     mode = default_mode(migm.device) if mode is None else mode
     if mode not in MODES:
         raise ValueError(f"compile mode must be one of {', '.join(MODES)}, got {mode!r}")
-    uncompile_sampling(migm, shortcut)
-    migm.model.features = _compiled(type(migm.model).features.__get__(migm.model), mode, False, migm.device)
+    uncompile_sampling(migm, shortcut)  # so the methods below are the eager ones
+    migm.model.features = _compiled(migm.model.features, mode, False, migm.device)
     if shortcut is not None:
-        shortcut.forward = _compiled(type(shortcut).forward.__get__(shortcut), mode, True, migm.device)
-    migm.compiled = mode
+        shortcut.forward = _compiled(shortcut.forward, mode, True, migm.device)
     return mode
 
 
@@ -57,4 +56,3 @@ def uncompile_sampling(migm, shortcut=None) -> None:
     migm.model.__dict__.pop("features", None)
     if shortcut is not None:
         shortcut.__dict__.pop("forward", None)
-    migm.compiled = None

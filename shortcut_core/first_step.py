@@ -40,20 +40,14 @@ class FirstStepMemo:
         self.max_bytes = int(max_mib * 2**20)
         self.entries: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
         self.stamp: tuple | None = None
+        self.bytes = 0  # held by ``entries``
         self.hits = self.misses = 0
-
-    @property
-    def bytes(self) -> int:
-        return sum(f.numel() * f.element_size() for f in self.entries.values())
-
-    def clear(self) -> None:
-        self.entries.clear()
 
     def rows(self, keys: Sequence[Hashable], stamp: tuple, device) -> tuple[list[torch.Tensor], bool]:
         """One (1, T_key, hidden) feature on ``device`` per key, and whether all came from memory."""
         if stamp != self.stamp:
             self.entries.clear()
-            self.stamp = stamp
+            self.bytes, self.stamp = 0, stamp
         unique = list(dict.fromkeys(keys))
         rows, all_hit = {}, True
         for key in unique:
@@ -74,5 +68,7 @@ class FirstStepMemo:
         if size > self.max_bytes:
             return
         self.entries[key] = feat.detach().to("cpu", copy=True)
+        self.bytes += size
         while self.bytes > self.max_bytes:
-            self.entries.popitem(last=False)
+            old = self.entries.popitem(last=False)[1]
+            self.bytes -= old.numel() * old.element_size()

@@ -33,6 +33,9 @@ class MaskGITState:
     num_masked: int  # image positions still masked (the same in every row)
     # (B, 1, 1) 1.0 for conditional rows, 0.0 for unconditional ones; None when every row is conditional.
     guide_rows: torch.Tensor | None = None
+    # Step 0's memo keys, one per row of the base pass (classes, then the null class per guided
+    # row): made in ``start`` while the classes are on the host, so the loop never waits for them.
+    first_keys: list[int] = field(default_factory=list)
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
@@ -67,7 +70,6 @@ class MaskGITMIGM:
         self.fingerprint = fingerprint
         self.info = dict(info or {})
         self.first_step = FirstStepMemo(self._first_step_feature)
-        self.compiled: str | None = None  # set by compiled.compile_sampling
 
     # -- housekeeping -------------------------------------------------------------
     @property
@@ -123,6 +125,7 @@ class MaskGITMIGM:
         uncond = classes == c.null_class
         cfg = 0.0 if bool(uncond.all()) else o["cfg"]
         guide_rows = (~uncond).float()[:, None, None].to(self.device) if cfg and bool(uncond.any()) else None
+        first_keys = classes.tolist() + ([c.null_class] * len(classes) if cfg else [])
         classes = classes.to(self.device)
         B = classes.shape[0]
         tokens = torch.full((B, c.num_image_tokens), c.mask_id, dtype=torch.long, device=self.device)
@@ -131,7 +134,7 @@ class MaskGITMIGM:
             classes=classes, tokens=tokens, revealed_at=revealed_at,
             counts=reveal_counts(c.num_image_tokens, steps, o["schedule"]), steps=steps,
             cfg=cfg, sm_temp=o["sm_temp"], r_temp=o["r_temp"], randomize=o["randomize"],
-            num_masked=c.num_image_tokens, guide_rows=guide_rows,
+            num_masked=c.num_image_tokens, guide_rows=guide_rows, first_keys=first_keys,
         )
 
     def _first_step_feature(self, class_index: int) -> torch.Tensor:
@@ -141,8 +144,8 @@ class MaskGITMIGM:
 
     def base_features(self, state: MaskGITState) -> torch.Tensor:
         if state.num_masked == self.config.num_image_tokens:
-            keys = state.classes.tolist() + ([self.config.null_class] * state.batch if state.guided else [])
-            rows, state.extras["from_memory"] = self.first_step.rows(keys, weights_stamp(self.model), self.device)
+            rows, state.extras["from_memory"] = self.first_step.rows(state.first_keys, weights_stamp(self.model),
+                                                                     self.device)
             return torch.cat(rows)
         return self.batched_features(state)
 

@@ -225,3 +225,16 @@ def test_step0_from_memory_gives_the_same_tokens_for_prompts_of_any_length(folde
     assert (cold.stats.base_passes, cold.stats.memo_passes) == (8, 0)
     assert (warm.stats.base_passes, warm.stats.memo_passes) == (6, 2)
     assert warm_migm.first_step.misses == 3  # two prompts and the shared unconditional prefix
+
+
+def test_step0_rows_from_memory_match_the_batched_padded_pass(migm):
+    """The memo's keys are the sequences the batched pass runs: at every real position the features agree."""
+    state = migm.start(["a red cat", "two small dogs playing on a green sofa"], steps=4, cfg=4.0, **SIZE)
+    with torch.inference_mode():
+        cond, uncond = migm.base_features(state)
+        batched_cond = migm.model.features(state.cond_ids(), attention_mask=state.cond_valid)
+        batched_uncond = migm.model.features(state.uncond_ids())
+    valid = state.cond_valid
+    assert valid is not None and not bool(valid.all())  # the two prompts pad differently
+    torch.testing.assert_close(cond[valid], batched_cond[valid], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(uncond, batched_uncond, rtol=1e-4, atol=1e-4)

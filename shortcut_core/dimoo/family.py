@@ -81,6 +81,9 @@ class DiMOOState:
     longest_prompt: int  # max(prompt_lens), kept on the host
     # Set by each advance, read by the next shortcut step.
     new_image_idx: torch.Tensor | None = None  # (B, r) indices into 0..L-1, increasing
+    # Step 0's memo keys per branch (cond, then uncond when guided): each row's whole sequence,
+    # made in ``start`` from the host-side sequences, so the loop never waits for them.
+    first_keys: list[list[tuple]] = field(default_factory=list)
     mask_ratio: torch.Tensor | None = None  # (B,)
     extras: dict = field(default_factory=dict)
 
@@ -134,7 +137,6 @@ class DiMOOMIGM:
         self.name = name
         self.fingerprint = fingerprint or weights_fingerprint(model.state_dict(), model.config.to_dict())
         self.info = dict(info or {})
-        self.compiled: str | None = None  # set by compiled.compile_sampling
         # a 1024x1024 step-0 feature of the 8 B model is 34 MB in bf16: room for a few prompts
         self.first_step = FirstStepMemo(self._first_step_feature, max_mib=512)
 
@@ -223,9 +225,11 @@ class DiMOOMIGM:
             revealed_at=torch.full((B, S), -1, dtype=torch.long, device=dev),
             num_masked=rows * cols,
             longest_prompt=max(s.prompt_len for s in seqs),
+            first_keys=[[tuple(s.ids.tolist()) for s in seqs]],
         )
         if cfg != 0:
             u = build_sequence(uncond_prefix, rows, cols, c)
+            state.first_keys.append([tuple(u.ids.tolist())] * B)
             state.uncond_template = u.ids.to(dev).expand(B, -1).clone()
             state.uncond_image_pos = u.image_positions.to(dev).expand(B, -1).clone()
         return state
@@ -237,14 +241,9 @@ class DiMOOMIGM:
         """Step 0 from memory: each sequence (prompt, size, all-[MASK] image) computed alone and
         padded back to the batch's length (padded positions are never read)."""
         stamp = weights_stamp(self.model)
-        cond = state.cond_ids()
-        lens = state.cond_valid.sum(1).tolist() if state.cond_valid is not None else [cond.shape[1]] * state.batch
-        branches = [([tuple(cond[i, :n].tolist()) for i, n in enumerate(lens)], cond.shape[1])]
-        if state.guided:
-            uncond = state.uncond_ids()  # one unconditional prefix for every row
-            branches.append(([tuple(uncond[0].tolist())] * state.batch, uncond.shape[1]))
+        lengths = [state.cond_template.shape[1]] + ([state.uncond_template.shape[1]] if state.guided else [])
         feats, all_hit = [], True
-        for keys, length in branches:
+        for keys, length in zip(state.first_keys, lengths):
             rows, hit = self.first_step.rows(keys, stamp, self.device)
             all_hit = all_hit and hit
             feats.append(torch.cat([F.pad(r, (0, 0, 0, length - r.shape[1])) for r in rows]))
