@@ -146,6 +146,9 @@ class StepInfo:
     full: bool
     state: Any  # the family's sampling state, after this step's reveal
     feats: torch.Tensor | Sequence[torch.Tensor]  # feature(s) computed at this step, before the reveal
+    # The base model's feature(s) of the same state, when sampling was asked for them at every step
+    # (``sample(base_every_step=True)``): the labels of on-policy training data. ``feats`` itself on full steps.
+    base_feats: torch.Tensor | Sequence[torch.Tensor] | None = None
 
 
 @dataclass
@@ -167,6 +170,7 @@ def sample(
     callback: Callable[[StepInfo], None] | None = None,
     decode: bool = True,
     placement: str = "paper",
+    base_every_step: bool = False,
     **options,
 ) -> GenerationResult:
     """Run ``steps`` sampling steps; only the steps in ``full_steps`` run the base model.
@@ -174,8 +178,11 @@ def sample(
     ``full_steps``: None (every step), an int B (placed as in the paper), or an explicit
     list / "0,3,5" string. Without a shortcut every step is full whatever ``full_steps``
     says, so "off" is exactly plain sampling. ``placement="calibrated"`` puts B full steps
-    where the shortcut file's calibration says (``shortcut_core.placement``). ``options`` go
-    to the family (guidance, temperatures, schedule ...).
+    where the shortcut file's calibration says (``shortcut_core.placement``).
+    ``base_every_step``: shortcut steps run the base model too, on the same state, and hand its
+    feature to the callback (``StepInfo.base_feats``) while the tokens still follow the shortcut's
+    prediction (on-policy recording; counted in ``base_passes``). ``options`` go to the family
+    (guidance, temperatures, schedule ...).
     """
     check_options(migm, options)
     steps = whole_number("steps", steps, 1)
@@ -204,21 +211,29 @@ def sample(
         torch.cuda.synchronize(migm.device)
     start = time.perf_counter()
     feats = None
+
+    def base_pass():
+        out = migm.base_features(state)
+        if state.extras.pop("from_memory", False):
+            stats.memo_passes += migm.passes_per_full_step(state)
+        else:
+            stats.base_passes += migm.passes_per_full_step(state)
+        return out
+
     with torch.inference_mode():
         for step in range(steps):
             full = step in full_set
+            base_feats = None
             if full:
-                feats = migm.base_features(state)
-                if state.extras.pop("from_memory", False):
-                    stats.memo_passes += migm.passes_per_full_step(state)
-                else:
-                    stats.base_passes += migm.passes_per_full_step(state)
+                feats = base_feats = base_pass()
             else:
                 feats = migm.shortcut_features(shortcut, feats, state)
                 stats.shortcut_steps += 1
+                if base_every_step:
+                    base_feats = base_pass()
             migm.advance(state, feats, step, generator)
             if callback is not None:
-                callback(StepInfo(step, steps, full, state, feats))
+                callback(StepInfo(step, steps, full, state, feats, base_feats if base_every_step else None))
         if migm.device.type == "cuda":
             torch.cuda.synchronize(migm.device)
         stats.seconds = time.perf_counter() - start

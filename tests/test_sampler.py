@@ -156,3 +156,35 @@ def test_preview_shows_the_tokens_so_far_and_the_step_prediction_elsewhere(migm,
     result = generate(migm, classes=[0, 1], steps=4, seed=5, callback=look)
     assert len(checked) == 4 and all(tuple(p.shape) == tuple(result.images[1].shape) for p in checked)
     assert torch.equal(checked[-1], result.images[1])  # nothing masked after the last step: the image itself
+
+
+def test_base_every_step_labels_each_visited_state_without_changing_the_run(migm, shortcut):
+    """On-policy labels: the tokens follow the shortcut exactly as without the option, and the
+    base feature handed over at every step is the base model's on the state that step saw."""
+    kw = dict(steps=8, full_steps=3, shortcut=shortcut, seed=5, decode=False)
+    seen = []
+    before = {"tokens": None}
+
+    def grab(info):
+        seen.append((info.full, info.feats, info.base_feats, before["tokens"]))
+        before["tokens"] = info.state.tokens.clone()
+
+    ref = generate(migm, [0, 1, 2], **kw)
+    labelled = generate(migm, [0, 1, 2], base_every_step=True, callback=grab, **kw)
+    assert torch.equal(ref.tokens, labelled.tokens)
+    s = labelled.stats
+    assert s.base_passes + s.memo_passes == 8 and s.shortcut_steps == 5  # plain sampling's passes, and the shortcut's steps
+    classes = torch.tensor([0, 1, 2])
+    null = torch.full_like(classes, migm.config.null_class)
+    for step, (full, feats, base_feats, tokens) in enumerate(seen):
+        if full:
+            assert base_feats is feats
+        if step == 0:
+            continue
+        truth = torch.cat([migm.model.features(tokens, classes), migm.model.features(tokens, null)])
+        torch.testing.assert_close(base_feats, truth, rtol=1e-5, atol=1e-5)
+        if not full:
+            assert not torch.allclose(feats, truth, atol=1e-3)  # the shortcut's guess drove the reveal
+    plain = generate(migm, [0, 1, 2], callback=lambda info: seen.append(info.base_feats), steps=2, seed=5,
+                     decode=False)
+    assert seen[-1] is None and plain.stats.shortcut_steps == 0  # not asked: nothing extra

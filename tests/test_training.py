@@ -13,8 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from shortcut_core import CheckpointError, generate, load_migm, load_shortcut, read_safetensors_metadata, save_migm
+from shortcut_core import save_shortcut
 from shortcut_core import reveal_counts
-from tests.tiny import tiny_migm
+from tests.tiny import tiny_migm, tiny_shortcut
 from training import train as train_mod
 from training.data import PairStream, Recording
 from training.pairs import MaskGITRecipe
@@ -558,3 +559,45 @@ def test_step_weighting_trains_the_weighted_steps_closer(base, dataset, tmp_path
     masked, reveal = per_step["masked"], per_step["reveal"]
     assert masked[0] < per_step["none"][0], per_step
     assert masked[0] < reveal[0] and reveal[-1] < masked[-1], per_step
+
+
+def test_on_policy_recording_follows_the_shortcut_and_labels_with_the_base(base, tmp_path, capsys):
+    """Tokens as the shortcut samples them (B=2 of 6), features the base model's on every state
+    visited, the policy in the manifest; a resume with another policy is refused."""
+    migm, path = base
+    shortcut = tiny_shortcut(migm)
+    sc_path = tmp_path / "sc.safetensors"
+    save_shortcut(shortcut, sc_path, base_fingerprint=migm.fingerprint)
+    out = tmp_path / "onp"
+    assert record_main(["--migm", str(path), "--out", str(out), "--count", "4", "--steps", str(STEPS), "--batch", "4",
+                        "--shard-size", "4", "--no-progress", "--policy-shortcut", str(sc_path),
+                        "--policy-full-steps", "2"]) == 0
+    m = read_manifest(out)
+    assert m["policy"]["full_step_indices"] == [0, 3] and m["policy"]["placement"] == "paper"
+    sh = load_shard(out / "shard-000000.safetensors")
+    classes = torch.tensor([0, 1, 2, 0])
+    policy = load_shortcut(sc_path, migm)
+    ran = generate(migm, classes.tolist(), steps=STEPS, full_steps=[0, 3], shortcut=policy, seed=derive_seed(0, 0),
+                   decode=False, **m["sampler"])
+    final = sh["final_ids"].long()
+    assert torch.equal(ran.tokens.reshape(4, -1), final)
+    plain = generate(migm, classes.tolist(), steps=STEPS, seed=derive_seed(0, 0), decode=False, **m["sampler"])
+    assert not torch.equal(plain.tokens.reshape(4, -1), final)  # the shortcut, not the base, chose the tokens
+    ra = sh["cond.revealed_at"].long()[:, :16]
+    for step in range(STEPS):
+        tokens = torch.where(ra < step, final, torch.full_like(final, migm.config.mask_id))
+        for branch, cls in (("cond", classes), ("uncond", torch.full_like(classes, migm.config.null_class))):
+            truth = migm.model.features(tokens, cls).detach()
+            torch.testing.assert_close(sh[f"{branch}.features"][:, step].float(), truth, atol=3e-3, rtol=3e-3)
+    capsys.readouterr()
+    assert record_main(["--migm", str(path), "--out", str(out), "--resume", "--no-progress",
+                        "--policy-shortcut", str(sc_path), "--policy-full-steps", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "policy" in err and "[0, 3]" in err
+    assert record_main(["--migm", str(path), "--out", str(tmp_path / "x"), "--count", "4", "--no-progress",
+                        "--policy-full-steps", "2"]) == 2
+    assert "--policy-full-steps needs --policy-shortcut" in capsys.readouterr().err
+    assert record_main(["--migm", str(path), "--out", str(tmp_path / "y"), "--count", "4", "--steps", str(STEPS),
+                        "--no-progress", "--policy-shortcut", str(sc_path), "--policy-full-steps", "2",
+                        "--policy-placement", "calibrated"]) == 2
+    assert "no calibrated placement for N=6, B=2" in capsys.readouterr().err

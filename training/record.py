@@ -8,6 +8,11 @@ Runs plain sampling (every step full) at N_train steps over a list of conditions
 stores, per trajectory and guidance branch, the feature at every step, the step that
 revealed each position and the final ids (format: ``training/trajectories.py``).
 
+``--policy-shortcut SC --policy-full-steps B`` records on-policy instead: the tokens follow
+shortcut sampling with B full steps (as a user samples), while the base model still runs at
+every step to label each visited state with its true feature. A shortcut trained on plain
+trajectories only has never seen the states its own token choices lead to; these are them.
+
 Trajectory i's condition is ``classes[i % len(classes)]`` (Lumina-DiMOO: ``prompts[i %
 len(prompts)]``, ``--prompts FILE``); it is sampled in the batch ``i // batch_size`` whose
 seed derives from (run seed, batch index) only. Shards hold whole batches and are written
@@ -31,7 +36,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from shortcut_core import REVEAL_MODES, sample
+from shortcut_core import REVEAL_MODES, fingerprint, sample
+from shortcut_core.placement import PLACEMENTS, resolve_placement
+from shortcut_core.schedules import resolve_full_steps
 from shortcut_core.progress import ProgressBar
 
 from .distributed import setup, share
@@ -64,7 +71,7 @@ FAMILY_DEFAULTS = {"maskgit": DEFAULTS, "dimoo": DIMOO_DEFAULTS}
 SHARD_TARGET_BYTES = 256e6  # auto shard size aims at about this much per shard
 # Settings that must not change between a run and its --resume: they decide what trajectory i is.
 RESUME_KEYS = ("family", "base_fingerprint", "steps", "sampler", "conditions", "seed", "batch_size", "shard_size",
-               "feature_dtype", "branches", "feature_shapes")
+               "feature_dtype", "branches", "feature_shapes", "policy")
 
 
 class RecordingStopped(Exception):
@@ -241,6 +248,9 @@ def record_trajectories(
     temperature: float | None = None,
     height: int | None = None,
     width: int | None = None,
+    policy=None,
+    policy_full_steps: int | None = None,
+    policy_placement: str = "paper",
 ) -> RecordResult:
     """Record ``count`` trajectories of plain sampling into ``out_dir``.
 
@@ -250,6 +260,9 @@ def record_trajectories(
     None take the family's defaults (``DEFAULTS``, ``DIMOO_DEFAULTS``); options of the
     other family are refused (MaskGIT) or ignored (DiMOO ignores schedule, sm_temp,
     r_temp and randomize).
+    ``policy``: a shortcut of ``migm``; with ``policy_full_steps`` B (placed as
+    ``policy_placement`` says) the tokens follow its sampling and the stored features are the
+    base model's at every visited state (on-policy data; see the module doc).
     ``progress(done, total)`` is called after each batch with this rank's trajectory
     counts; ``should_stop()`` is polled at every sampling step and stops cleanly (the
     shard in progress is dropped, every finished shard stays valid). Several processes
@@ -305,6 +318,7 @@ def record_trajectories(
     }
     if not migm.fingerprint:
         raise ValueError(f"base model {migm.name!r} has no fingerprint; load it with shortcut_core.load_migm")
+    settings["policy"] = policy_settings(migm, policy, steps, policy_full_steps, policy_placement)
     plan = plan_shards(count, shard_size)
 
     manifest_path = root / MANIFEST
@@ -353,7 +367,9 @@ def record_trajectories(
                 f"{schedule or migm.family}, cfg {cfg}) into {root}: {human_bytes(bpt)} per trajectory, "
                 f"{human_bytes(bpt * count)} in all in {len(plan)} shards of {shard_size}; "
                 f"{sum(n for j, _, n in plan if j in done)} already on disk; about {human_bytes(bpt * remaining_all)} "
-                f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else ""))
+                f"to write, {human_bytes(free)} free" + (f"; {world_size} processes" if world_size > 1 else "")
+                + ("" if policy is None else f"; on-policy: tokens from the shortcut with full steps "
+                   f"{','.join(map(str, settings['policy']['full_step_indices']))}, base features at every step"))
             if check_disk_space and bpt * remaining_all > free:
                 raise ManifestError(f"recording needs about {human_bytes(bpt * remaining_all)} but {root} has only "
                                     f"{human_bytes(free)} free; record fewer trajectories (--count), free space, "
@@ -386,7 +402,8 @@ def record_trajectories(
                     last = {}
 
                     def collect(info, lo=lo, nb=nb, last=last):
-                        for b, feat in recipe.split_features(info.feats, branches, info.state).items():
+                        feats = info.feats if policy is None else info.base_feats
+                        for b, feat in recipe.split_features(feats, branches, info.state).items():
                             seq = feat.shape[1]  # shorter than the layout when the family pads (DiMOO)
                             buffers[b][lo:lo + nb, info.step, :seq] = feat.to(fdtype).cpu()  # cast first: half the copy
                             if seq < buffers[b].shape[2]:
@@ -395,8 +412,10 @@ def record_trajectories(
                         if stop_requested():
                             raise RecordingStopped
 
+                    on_policy = {} if policy is None else dict(
+                        shortcut=policy, full_steps=settings["policy"]["full_step_indices"], base_every_step=True)
                     res = sample(migm, batch_conditions, steps=steps, seed=batch_seed, callback=collect, decode=False,
-                                 **sampler)
+                                 **on_policy, **sampler)
                     records = recipe.branch_records(migm, last["state"], branches, shapes=shapes, first=b0,
                                                     conditions=conditions_spec)
                     for b, rec in records.items():
@@ -450,6 +469,28 @@ def record_trajectories(
     return result
 
 
+def policy_settings(migm, policy, steps: int, full_steps: int | None, placement: str) -> dict | None:
+    """What decides an on-policy recording's tokens: the shortcut (by fingerprint) and its full steps."""
+    if policy is None:
+        if full_steps is not None:
+            raise ValueError("--policy-full-steps needs --policy-shortcut (the shortcut whose sampling to follow)")
+        return None
+    if full_steps is None:
+        raise ValueError("--policy-shortcut needs --policy-full-steps B: how many of the N steps run the base model "
+                         "when the shortcut samples")
+    if not 1 <= full_steps < steps:
+        raise ValueError(f"--policy-full-steps must be between 1 and steps - 1 = {steps - 1} (some steps must be "
+                         f"shortcut steps), got {full_steps}")
+    migm.check_shortcut(policy)
+    calibrated, _ = resolve_placement(steps, full_steps, placement, policy)
+    if placement == "calibrated" and calibrated is None:
+        raise ValueError(f"the policy shortcut has no calibrated placement for N={steps}, B={full_steps}; use "
+                         f"--policy-placement paper or calibrate it first (training.calibrate)")
+    indices = calibrated or resolve_full_steps(steps, full_steps)
+    return {"shortcut_fingerprint": fingerprint(policy.state_dict(), policy.config.to_dict()),
+            "full_step_indices": [int(i) for i in indices], "placement": placement}
+
+
 # -- command line -------------------------------------------------------------------
 
 
@@ -501,6 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--base-dtype", choices=("fp32", "bf16", "fp16"), help="compute dtype of the base model (default fp32; "
                                                                       "Lumina-DiMOO: bf16 on GPUs, fp32 on the CPU)")
+    p.add_argument("--policy-shortcut", metavar="SC", help="record on-policy: tokens follow this shortcut's sampling "
+                                                         "(with --policy-full-steps), features are the base model's "
+                                                         "at every step; give it again on --resume")
+    p.add_argument("--policy-full-steps", type=int, metavar="B", help="full steps of the policy's sampling")
+    p.add_argument("--policy-placement", choices=PLACEMENTS, default="paper",
+                   help="where the policy's B full steps go (default paper; calibrated: the shortcut file's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     p.add_argument("--verify", action="store_true", help="with --resume: re-read every finished shard and re-record any that fails its checksum")
     p.add_argument("--no-disk-check", action="store_true", help="record even when the estimate exceeds the free disk space")
@@ -563,7 +610,7 @@ def resolve_settings(args, manifest: dict | None, family: str = "maskgit") -> di
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from shortcut_core import load_migm
+    from shortcut_core import load_migm, load_shortcut
     from shortcut_core.devices import resolve_dtype
     from shortcut_core.checkpoints import CheckpointError
 
@@ -586,6 +633,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dtype_name_ = args.base_dtype or ("fp32" if family == "maskgit" else None)  # DiMOO: the loader's choice
         base_dtype = resolve_dtype(dtype_name_)
         migm = load_migm(args.migm, device=d.device, dtype=base_dtype)
+        policy = None
+        if args.policy_shortcut:
+            policy = load_shortcut(args.policy_shortcut, migm)
         command = " ".join(shlex.quote(a) for a in ["python", "-m", "training.record", *argv])
         if d.world_size > 1:
             command = f"torchrun --nproc_per_node={d.world_size} " + command.removeprefix("python ")
@@ -593,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             migm, args.out, **settings, resume=args.resume, verify=args.verify, rank=d.rank,
             world_size=d.world_size, barrier=d.barrier if d.active else None,
             show_progress=not args.no_progress, check_disk_space=not args.no_disk_check, log=log, command=command,
+            policy=policy, policy_full_steps=args.policy_full_steps, policy_placement=args.policy_placement,
         )
         print(f"[rank {d.rank}] {result.report()}" if d.active else result.report(), flush=True)
         return 0
