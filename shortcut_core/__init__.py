@@ -17,7 +17,7 @@ from .checkpoints import CheckpointError, fingerprint, load_pickle_checkpoint, r
 from .maskgit import MASKGIT_PRESETS, MaskGIT, MaskGITConfig
 from .maskgit_family import MaskGITMIGM
 from .migm import load_migm, load_shortcut, load_vqgan, save_migm, save_shortcut, save_vqgan
-from .sampler import GenerationResult, SamplingStats, StepInfo, sample
+from .sampler import FeatureCache, GenerationResult, SamplingStats, StepInfo, sample
 from .schedules import REVEAL_MODES, full_step_indices, parse_full_steps, resolve_full_steps, reveal_counts
 from .shortcut import SHORTCUT_PRESETS, MaskGITShortcut, ShortcutConfig
 from .vqgan import VQGAN_PRESETS, VQGAN, VQGANConfig
@@ -51,7 +51,7 @@ def generate(migm, classes=None, *, steps: int, full_steps=None, shortcut=None, 
 
 
 __all__ = [
-    "CheckpointError", "GenerationResult", "MASKGIT_PRESETS", "MaskGIT", "MaskGITConfig", "MaskGITMIGM",
+    "CheckpointError", "FeatureCache", "GenerationResult", "MASKGIT_PRESETS", "MaskGIT", "MaskGITConfig", "MaskGITMIGM",
     "MaskGITShortcut", "REVEAL_MODES", "SHORTCUT_PRESETS", "SamplingStats", "ShortcutConfig", "StepInfo",
     "VQGAN", "VQGANConfig", "VQGAN_PRESETS", "fingerprint", "full_step_indices", "generate", "load_migm",
     "load_pickle_checkpoint", "load_shortcut", "load_vqgan", "parse_full_steps", "read_safetensors_metadata",

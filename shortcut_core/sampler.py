@@ -86,6 +86,18 @@ def masked_positions(masked: torch.Tensor, count: int) -> torch.Tensor:
     return index.masked_fill(~masked, T).sort(dim=1).values[:, :count]
 
 
+class FeatureCache:
+    """A training-free stand-in for a shortcut: every skipped step reuses the last full step's
+    feature unchanged (the copy-previous baseline the shortcut is trained to beat), so its
+    tokens come from the base model's distribution at the last full step. Pass it as
+    ``shortcut=FeatureCache()`` to measure what a trained shortcut adds over caching."""
+
+    name = "feature cache"
+
+    def __repr__(self) -> str:
+        return "FeatureCache()"
+
+
 @dataclass
 class SamplingStats:
     steps: int
@@ -177,7 +189,8 @@ def sample(
 
     ``full_steps``: None (every step), an int B (placed as in the paper), or an explicit
     list / "0,3,5" string. Without a shortcut every step is full whatever ``full_steps``
-    says, so "off" is exactly plain sampling. ``placement="calibrated"`` puts B full steps
+    says, so "off" is exactly plain sampling; ``shortcut=FeatureCache()`` skips the same steps
+    without a shortcut (training-free baseline). ``placement="calibrated"`` puts B full steps
     where the shortcut file's calibration says (``shortcut_core.placement``).
     ``base_every_step``: shortcut steps run the base model too, on the same state, and hand its
     feature to the callback (``StepInfo.base_feats``) while the tokens still follow the shortcut's
@@ -193,17 +206,24 @@ def sample(
         else:
             full_steps = whole_number("full_steps", full_steps)
     full_list = resolve_full_steps(steps, full_steps)
+    cache = isinstance(shortcut, FeatureCache)
+    if cache and placement != "paper":
+        raise ValueError(f"placement={placement!r} reads a shortcut file's calibration, and a feature cache has none; "
+                         f"pass the full steps as a list (e.g. full_steps=[0, 2, 4, 8]) to place them")
     calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut)
     if calibrated is not None:
         full_list = calibrated
     if shortcut is None:
         full_list = list(range(steps))
-    else:
+    elif not cache:
         migm.check_shortcut(shortcut)
         check_same_place(migm, shortcut)
     full_set = set(full_list)
     generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
     state = migm.start(conditions, steps=steps, generator=generator, **options)
+    if cache and full_list != list(range(steps)):
+        placement_note = "; ".join(filter(None, ["skipped steps reuse the last full step's feature (feature cache, "
+                                                 "no shortcut)", placement_note]))
     stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch, placement=placement_note)
     stats.plain_base_passes = steps * migm.passes_per_full_step(state)
 
@@ -227,7 +247,8 @@ def sample(
             if full:
                 feats = base_feats = base_pass()
             else:
-                feats = migm.shortcut_features(shortcut, feats, state)
+                if not cache:
+                    feats = migm.shortcut_features(shortcut, feats, state)
                 stats.shortcut_steps += 1
                 if base_every_step:
                     base_feats = base_pass()

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from shortcut_core import generate
+from shortcut_core import FeatureCache, generate
 from shortcut_core.sampler import categorical
 from tests.tiny import tiny_migm, tiny_shortcut
 
@@ -188,3 +188,22 @@ def test_base_every_step_labels_each_visited_state_without_changing_the_run(migm
     plain = generate(migm, [0, 1, 2], callback=lambda info: seen.append(info.base_feats), steps=2, seed=5,
                      decode=False)
     assert seen[-1] is None and plain.stats.shortcut_steps == 0  # not asked: nothing extra
+
+
+def test_feature_cache_samples_skipped_steps_from_the_last_full_steps_feature(migm):
+    """The training-free baseline: skipped steps see exactly the last full step's feature."""
+    seen = []
+    res = generate(migm, [0, 1, 2], steps=8, full_steps=[0, 3, 5], shortcut=FeatureCache(), seed=4,
+                   callback=lambda info: seen.append((info.step, info.full, info.feats)))
+    last_full = None
+    for step, full, feats in seen:
+        if full:
+            last_full = feats
+        else:
+            assert feats is last_full
+    s = res.stats
+    assert s.shortcut_steps == 5 and s.base_passes + s.memo_passes == 3 and "feature cache" in s.report()
+    plain = generate(migm, [0, 1, 2], steps=8, seed=4)
+    assert not torch.equal(plain.tokens, res.tokens)
+    with pytest.raises(ValueError, match="a feature cache has none"):
+        generate(migm, [0, 1, 2], steps=8, full_steps=3, shortcut=FeatureCache(), placement="calibrated")

@@ -75,6 +75,9 @@ def test_settings_parse_and_refuse_b_not_below_n():
         parse_settings("", "8:8")
     cal = parse_settings("", "16:4c")[0]
     assert cal == Setting(16, 4, "calibrated") and cal.key == "shortcut_N16_B4_cal" and not cal.plain
+    cache = parse_settings("", "", "16:4c")[0]
+    assert cache == Setting(16, 4, "calibrated", cache=True) and cache.key == "cache_N16_B4_cal"
+    assert cache.label == "feature cache N=16 B=4 calibrated"
     assert regime_classes("uncond", 2) == ["none", "none"] and regime_classes("cond", 3) == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown regime"):
         regime_classes("text", 1)
@@ -144,3 +147,31 @@ def test_calibrated_rows_are_redone_when_the_files_placement_changes(tmp_path):
     main([*args, "--shortcut", str(files["b"])])
     assert all(p.stat().st_mtime_ns == before[p] for p in paper)
     assert all(p.stat().st_mtime_ns > before[p] for p in calibrated)
+
+
+def test_feature_cache_rows_are_a_control_not_a_shortcut_setting():
+    """A cache row is judged against the shortcut at the same N, B and placement, and never
+    counts as the shortcut in the speed or same-N targets."""
+    results = [row("plain_N16", 16, 16, 80.0, 160, blocks=[79.0, 81.0], fd_all=80.0),
+               row("shortcut_N16_B4", 16, 4, 84.0, 45, blocks=[83.0, 84.0], fd_all=83.5),
+               {**row("cache_N16_B4", 16, 4, 70.0, 10, blocks=[77.0, 77.4], fd_all=77.2), "cache": True,
+                "full_step_indices": [0, 4, 8, 12]}]
+    checks = targets(results)
+    assert [t["shortcut"] for t in checks["iso_quality"]] == ["shortcut_N16_B4"]
+    assert [t["shortcut"] for t in checks["same_n"]] == ["shortcut_N16_B4"]
+    control = checks["shortcut_vs_cache"][0]
+    assert control["shortcut"] == "shortcut_N16_B4" and control["plain"] == "cache_N16_B4"
+    assert control["verdict"] == "worse" and control["full_step_indices"] == [0, 4, 8, 12]  # 83.5 vs 77.2, noise 2
+
+
+def test_cache_rows_share_the_shortcuts_calibrated_placement(tmp_path):
+    state, out = tmp_path / "state", tmp_path / "out"
+    report = main(["--plain", "", "--shortcut-settings", "16:4c", "--cache-settings", "16:4c", "--images", "20",
+                   "--headline", "", "--batch", "20", "--cost-repeats", "1", "--grids", "", "--regimes", "uncond",
+                   "--state-dir", str(state), "--out-dir", str(out)])
+    rows = {r["key"]: r for r in report["regimes"]["uncond"]["results"]}
+    shortcut, cache = rows["shortcut_N16_B4_cal"], rows["cache_N16_B4_cal"]
+    assert cache["cache"] and cache["full_step_indices"] == shortcut["full_step_indices"] == [0, 2, 4, 8]
+    assert cache["base_passes_per_image"] == shortcut["base_passes_per_image"] == 4
+    assert cache["fd_fmnist"] != shortcut["fd_fmnist"]  # the skipped steps were filled differently
+    assert "feature cache N=16 B=4 calibrated" in (out / "fmnist_sweep.md").read_text()

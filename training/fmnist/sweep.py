@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from shortcut_core import fingerprint, generate, load_migm, load_shortcut
+from shortcut_core import FeatureCache, fingerprint, generate, load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
 from shortcut_core.progress import ProgressBar
 from training.fmnist.classifier import load_classifier, predict
@@ -63,6 +63,7 @@ class Setting:
     steps: int
     full: int  # B; == steps for plain sampling
     placement: str = "paper"  # or "calibrated": the shortcut file's own placement for (N, B)
+    cache: bool = False  # the skipped steps reuse the last full step's feature (FeatureCache), no shortcut
 
     @property
     def plain(self) -> bool:
@@ -72,26 +73,30 @@ class Setting:
     def key(self) -> str:
         if self.plain:
             return f"plain_N{self.steps}"
-        return f"shortcut_N{self.steps}_B{self.full}" + ("_cal" if self.placement == "calibrated" else "")
+        kind = "cache" if self.cache else "shortcut"
+        return f"{kind}_N{self.steps}_B{self.full}" + ("_cal" if self.placement == "calibrated" else "")
 
     @property
     def label(self) -> str:
         if self.plain:
             return f"plain N={self.steps}"
-        return f"shortcut N={self.steps} B={self.full}" + (" calibrated" if self.placement == "calibrated" else "")
+        kind = "feature cache" if self.cache else "shortcut"
+        return f"{kind} N={self.steps} B={self.full}" + (" calibrated" if self.placement == "calibrated" else "")
 
 
-def parse_settings(plain: str, shortcut: str) -> list[Setting]:
-    """"4,8" and "16:3,16:5,16:4c" -> settings (plain first; a trailing c: calibrated placement)."""
+def parse_settings(plain: str, shortcut: str, cache: str = "") -> list[Setting]:
+    """"4,8", "16:3,16:5,16:4c" and "16:4c" -> settings (plain first, then shortcut, then feature
+    cache; a trailing c: the shortcut file's calibrated placement)."""
     out = [Setting(int(n), int(n)) for n in plain.split(",") if n.strip()]
-    for item in shortcut.split(","):
-        item = item.strip()
-        if item:
-            calibrated = item.endswith("c")
-            n, b = item.rstrip("c").split(":")
-            if not 1 <= int(b) < int(n):
-                raise ValueError(f"shortcut setting {item!r}: need 1 <= B < N")
-            out.append(Setting(int(n), int(b), "calibrated" if calibrated else "paper"))
+    for spec, is_cache in ((shortcut, False), (cache, True)):
+        for item in spec.split(","):
+            item = item.strip()
+            if item:
+                calibrated = item.endswith("c")
+                n, b = item.rstrip("c").split(":")
+                if not 1 <= int(b) < int(n):
+                    raise ValueError(f"{'cache' if is_cache else 'shortcut'} setting {item!r}: need 1 <= B < N")
+                out.append(Setting(int(n), int(b), "calibrated" if calibrated else "paper", is_cache))
     return out
 
 
@@ -177,10 +182,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     d.line([px(xs[i], ys[i]) for i in front], fill=(0, 160, 0), width=2)
     for i, r in enumerate(results):
         x, y = px(xs[i], ys[i])
-        color = (30, 90, 200) if r["plain"] else (230, 120, 20)
+        color = (30, 90, 200) if r["plain"] else (120, 120, 120) if r.get("cache") else (230, 120, 20)
         if r["plain"]:
             d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
             text = f"N{r['steps']}"
+        elif r.get("cache"):
+            d.polygon([(x, y - 6), (x - 6, y + 5), (x + 6, y + 5)], fill=color)
+            text = f"{r['steps']}/{r['full_steps']}" + ("c" if r["key"].endswith("_cal") else "")
         else:
             d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=color)
             text = f"{r['steps']}/{r['full_steps']}" + ("c" if r["key"].endswith("_cal") else "")
@@ -194,6 +202,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     d.text((lx + 16, T + 29), "shortcut, N steps / B full", fill="black", font=font)
     d.line([lx, T + 53, lx + 10, T + 53], fill=(0, 160, 0), width=2)
     d.text((lx + 16, T + 47), "Pareto front (circled)", fill="black", font=font)
+    if any(r.get("cache") for r in results):
+        d.polygon([(lx + 5, T + 64), (lx, T + 74), (lx + 10, T + 74)], fill=(120, 120, 120))
+        d.text((lx + 16, T + 65), "feature cache (no shortcut), N / B", fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     img.save(path)
 
@@ -241,8 +252,13 @@ def step_costs(migm, shortcut, batch: int, repeats: int, regime: str = "cond", s
 
 def run_chunk(migm, shortcut, setting: Setting, regime: str, chunk: int, batch: int, seed: int) -> dict:
     classes = regime_classes(regime, batch)
-    result = generate(migm, classes, steps=setting.steps, full_steps=None if setting.plain else setting.full,
-                      shortcut=None if setting.plain else shortcut, seed=seed + chunk, placement=setting.placement)
+    full, placement = None if setting.plain else setting.full, setting.placement
+    if setting.cache:  # placed where the shortcut's are, so the two rows differ only in what fills the skipped steps
+        if placement == "calibrated":
+            full, placement = calibrated_indices(shortcut, setting.steps, setting.full) or setting.full, "paper"
+        shortcut = FeatureCache()
+    result = generate(migm, classes, steps=setting.steps, full_steps=full,
+                      shortcut=None if setting.plain else shortcut, seed=seed + chunk, placement=placement)
     labels = classes if regime == "cond" else [-1] * batch
     return {"images": to_uint8(result.images), "classes": np.asarray(labels), "seconds": result.stats.seconds,
             "decode_seconds": result.stats.decode_seconds,
@@ -302,7 +318,7 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
         predicted = predict(classifier, to_classifier_input(images)).numpy()
         consistency = round(float((predicted == classes).mean()), 4)
     return {
-        "key": setting.key, "label": setting.label, "regime": regime, "plain": setting.plain,
+        "key": setting.key, "label": setting.label, "regime": regime, "plain": setting.plain, "cache": setting.cache,
         "steps": setting.steps, "full_steps": setting.full, "images": int(len(images)),
         "full_step_indices": [int(i) for i in np.asarray(chunks[0]["full_step_indices"])],
         "fd_fmnist": fd(0, common), "fd_images": int(min(common, len(images))),
@@ -336,7 +352,7 @@ def targets(results: list[dict]) -> dict:
     by_key = {r["key"]: r for r in results}
     plain = [r for r in results if r["plain"]]
     iso = []
-    for s in (r for r in results if not r["plain"]):
+    for s in (r for r in results if not r["plain"] and not r.get("cache")):
         better = [p for p in plain if p["fd_fmnist"] <= s["fd_fmnist"]]
         if better:
             ref = min(better, key=lambda p: p["seconds_per_image"])
@@ -379,7 +395,7 @@ def targets(results: list[dict]) -> dict:
             t["met"] = t["fd_shortcut"] < t["fd_plain"] - (t["noise"] or 0.0)
             equal.append(t)
     calibrated = []
-    for c in (r for r in results if r["key"].endswith("_cal")):
+    for c in (r for r in results if r["key"].endswith("_cal") and not r.get("cache")):
         t = pair(c["key"], c["key"].removesuffix("_cal"))
         if t:
             t["placements"] = {"calibrated": c["full_step_indices"],
@@ -388,7 +404,17 @@ def targets(results: list[dict]) -> dict:
             t["verdict"] = ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
                             "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
             calibrated.append(t)
+    against_cache = []
+    for c in (r for r in results if r.get("cache")):
+        t = pair(c["key"].replace("cache_", "shortcut_", 1), c["key"])
+        if t:
+            noise = t["noise"] or 0.0
+            t["full_step_indices"] = c["full_step_indices"]
+            t["verdict"] = ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
+                            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+            against_cache.append(t)
     return {
+        "shortcut_vs_cache": against_cache,
         "calibrated_vs_paper": calibrated,
         "iso_quality": iso, "best_iso_quality": best_iso,
         "target_2x_met": bool(best_iso and best_iso["speedup"] >= 2),
@@ -446,6 +472,12 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
         lines.append(f"- calibrated placement {t['placements']['calibrated']} vs the paper's "
                      f"{t['placements']['paper']} at the same N and B: FD {t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} "
                      f"({t['fd_rel'] * 100:+.1f} %, block noise {noise}): **{t['verdict']}**.")
+    for t in checks.get("shortcut_vs_cache", []):
+        noise = f"{t['noise']:.2f}" if t["noise"] is not None else "n/a"
+        lines.append(f"- control: `{t['shortcut']}` vs `{t['plain']}` (training-free: the same full steps "
+                     f"{t['full_step_indices']}, each skipped step reusing the last full step's feature): FD "
+                     f"{t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} ({t['fd_rel'] * 100:+.1f} %, block noise "
+                     f"{noise}): the shortcut is **{t['verdict']}**.")
     grids = [r for r in results if r.get("grid")]
     if grids:
         lines += ["", "Samples (the same seeds in every grid): " + ", ".join(
@@ -540,8 +572,8 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
 
     shortcut_fp = measured_on["shortcut"]
     for s in settings:
-        made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain else shortcut_fp, "batch": args.batch,
-                   "seed": args.seed}
+        made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain or s.cache else shortcut_fp,
+                   "batch": args.batch, "seed": args.seed}
         if s.placement == "calibrated":  # the file's placement may change while its weights stay
             made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full)
         forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
@@ -584,7 +616,7 @@ def main(argv: list[str] | None = None) -> dict:
     shortcut = load_shortcut(args.shortcut, migm)
     classifier = load_classifier()
     ref = reference_stats(classifier)
-    settings = parse_settings(args.plain, args.shortcut_settings)
+    settings = parse_settings(args.plain, args.shortcut_settings, args.cache_settings)
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
     for regime in regimes:
         regime_classes(regime, 1)  # refuses an unknown regime before any work
@@ -628,6 +660,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--plain", default="2,3,4,6,8,12,16,24", help="plain sampling step counts N")
     p.add_argument("--shortcut-settings", default="8:1,8:2,8:4,16:2,16:3,16:4,16:6,16:8,24:3,24:4,24:6,24:12",
                    help="shortcut settings N:B (N in 8, 16, 24; B from N/8 to N/2)")
+    p.add_argument("--cache-settings", default="",
+                   help="training-free controls N:B (trailing c: the shortcut file's calibrated placement): the "
+                        "same steps skipped, each reusing the last full step's feature instead of the shortcut's")
     p.add_argument("--images", type=int, default=2000, help="images per setting (and the common FD count)")
     p.add_argument("--headline", default="plain_N4,plain_N6,plain_N16,shortcut_N16_B4,shortcut_N24_B6",
                    help="settings that get --headline-images in two seed blocks (the target pairs)")
