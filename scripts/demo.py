@@ -1,9 +1,11 @@
 """Main-job demo: the embedded Fashion-MNIST model, plain vs shortcut, side by side.
 
 For both regimes (class-conditional: every class; unconditional: class 'none') it
-generates the same seeds three ways: plain N steps, the shortcut with B of the N steps
-full (where the shortcut file's calibration puts them, else spread evenly), and plain B
-steps (the same number of base passes as the shortcut). It writes a labelled grid with
+generates the same seeds four ways: plain N steps, the shortcut with B of the N steps
+full (where the shortcut file's calibration puts them, else spread evenly), the same full
+steps with a feature cache instead of the shortcut (training-free: each skipped step reuses
+the last full step's feature — the control that shows what the shortcut itself adds), and
+plain B steps (the same number of base passes as the shortcut). It writes a labelled grid with
 the timings to ``out/demo_grid.png`` and prints seconds, speed-ups, base passes and the
 class consistency (shipped classifier). About a minute on 2 CPU cores.
 
@@ -23,7 +25,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
-from shortcut_core import generate, load_migm, load_shortcut  # noqa: E402
+from shortcut_core import FeatureCache, full_step_indices, generate, load_migm, load_shortcut  # noqa: E402
+from shortcut_core.placement import calibrated_indices  # noqa: E402
 from shortcut_core.progress import ProgressBar  # noqa: E402
 from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
 
@@ -88,9 +91,11 @@ def main(argv=None) -> dict:
     regimes = {"class-conditional": [c for c in range(len(names)) for _ in range(args.per_class)],
                "unconditional": ["none"] * (len(names) * args.per_class)}
     # the shortcut file's calibrated placement for (N, B) when it has one (the paper's otherwise)
-    runs = {"plain": dict(steps=n), "shortcut": dict(steps=n, full_steps=b, shortcut=shortcut, placement="calibrated"),
-            "plain_b": dict(steps=b)}
-    titles = {"plain": f"plain N={n}", "shortcut": f"shortcut N={n}, B={b}", "plain_b": f"plain N={b} (same passes)"}
+    full = calibrated_indices(shortcut, n, b) or full_step_indices(n, b)
+    runs = {"plain": dict(steps=n), "shortcut": dict(steps=n, full_steps=full, shortcut=shortcut),
+            "cache": dict(steps=n, full_steps=full, shortcut=FeatureCache()), "plain_b": dict(steps=b)}
+    titles = {"plain": f"plain N={n}", "shortcut": f"shortcut N={n}, B={b}", "cache": f"cache N={n}, B={b} (no shortcut)",
+              "plain_b": f"plain N={b} (same passes)"}
     generate(migm, list(range(len(names))), steps=2, seed=args.seed)  # warm-up: first-call overhead
     print(f"sampling settings: the model's own ({migm.sampling_defaults})", flush=True)
     report, rows = {}, []
@@ -109,16 +114,19 @@ def main(argv=None) -> dict:
             where = f" (full {','.join(map(str, result.stats.full_step_indices))})" if key == "shortcut" else ""
             panels.append(titled(grid, f"{titles[key]}{where}: {result.stats.seconds:.1f} s"))
         speedup = results["plain"].stats.seconds / results["shortcut"].stats.seconds
+        cache_speedup = results["plain"].stats.seconds / results["cache"].stats.seconds
         rows.append(titled(row_of(panels), f"{regime} ({len(classes)} images per method, {args.show} per class "
                                            f"shown): shortcut {speedup:.1f}x faster than plain N={n}"))
         report[regime] = {k: {"seconds": r.stats.seconds, "base_passes": r.stats.base_passes,
                               "memo_passes": r.stats.memo_passes} for k, r in results.items()}
         report[regime]["speedup"] = speedup
+        report[regime]["cache_speedup"] = cache_speedup
         plain, fast = results["plain"].stats, results["shortcut"].stats
         print(f"{regime}: shortcut {speedup:.2f}x faster than plain N={n} ({plain.seconds:.2f} s -> "
               f"{fast.seconds:.2f} s), full steps {plain.full_steps} -> {fast.full_steps} (base passes run "
               f"{plain.base_passes} -> {fast.base_passes}"
-              + (", step 0 from memory in each)" if plain.memo_passes and fast.memo_passes else ")"), flush=True)
+              + (", step 0 from memory in each)" if plain.memo_passes and fast.memo_passes else ")")
+              + f"; the feature cache at the same full steps: {cache_speedup:.2f}x", flush=True)
         if regime == "class-conditional":
             consistency = class_consistency_or_none({k: r.images for k, r in results.items()}, classes)
             if consistency:

@@ -21,16 +21,18 @@ def test_demo_compares_plain_and_shortcut_in_both_regimes(tmp_path):
     lines = done.stdout.splitlines()
     for regime in ("class-conditional", "unconditional"):
         runs = [line for line in lines if line.lstrip().startswith(regime + ",")]
-        assert len(runs) == 3, done.stdout  # plain N, shortcut N/B, plain B
+        assert len(runs) == 4, done.stdout  # plain N, shortcut N/B, feature cache N/B, plain B
+        cache = next(line for line in runs if "cache N=8, B=2" in line)
+        assert "full 2/8, shortcut 6" in cache and "feature cache" in cache
         summary = next(line for line in lines if line.startswith(f"{regime}: shortcut"))
         # a base pass is one transformer call per step (guided sampling batches both halves into it); the
         # warm-up saw every class, so step 0 of each run comes from memory
         assert "full steps 8 -> 2 (base passes run 7 -> 1, step 0 from memory in each)" in summary, summary
-        assert "x faster than plain N=8" in summary
+        assert "x faster than plain N=8" in summary and "the feature cache at the same full steps: " in summary
     assert "class consistency: plain N=8" in done.stdout
     grid = Image.open(out)
-    # two regimes, three panels of 10 rows x 2 images of 28 px each, titled with their seconds
-    assert grid.width > 3 * 2 * 28 and grid.height > 2 * 10 * 28
+    # two regimes, four panels of 10 rows x 2 images of 28 px each, titled with their seconds
+    assert grid.width > 4 * 2 * 28 and grid.height > 2 * 10 * 28
     assert "wrote " + str(out) in done.stdout
 
 

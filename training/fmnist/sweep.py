@@ -606,7 +606,10 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
 def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = ("python -m training.fmnist.sweep " + shlex.join(argv)).strip()
+    # the note is prose about the results, not a setting: the reproduce line leaves it out
+    shown = [a for i, a in enumerate(argv) if a != "--note" and not a.startswith("--note=")
+             and (i == 0 or argv[i - 1] != "--note")]
+    command = ("python -m training.fmnist.sweep " + shlex.join(shown)).strip()
     torch.set_num_threads(args.threads)
     state_dir, out_dir = Path(args.state_dir), Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
