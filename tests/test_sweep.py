@@ -85,7 +85,7 @@ def test_settings_parse_and_refuse_b_not_below_n():
 
 def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     state, out = tmp_path / "state", tmp_path / "out"
-    args = ["--plain", "2", "--shortcut-settings", "4:1", "--images", "20", "--headline", "plain_N2",
+    args = ["--plain", "2", "--shortcut-settings", "4:1", "--cache-settings", "", "--images", "20", "--headline", "plain_N2",
             "--headline-images", "40", "--batch", "20", "--cost-repeats", "1", "--grids", "shortcut_N4_B1",
             "--state-dir", str(state), "--out-dir", str(out)]
     first = main(args)
@@ -137,7 +137,7 @@ def test_calibrated_rows_are_redone_when_the_files_placement_changes(tmp_path):
         files[name] = tmp_path / f"{name}.safetensors"
         save_shortcut(sc, files[name], base_fingerprint=migm.fingerprint,
                       info={"placements": {"table": {"4": {"2": placement}}}})
-    args = ["--regimes", "uncond", "--plain", "2", "--shortcut-settings", "4:2,4:2c", "--images", "20",
+    args = ["--regimes", "uncond", "--plain", "2", "--shortcut-settings", "4:2,4:2c", "--cache-settings", "", "--images", "20",
             "--headline", "plain_N2", "--headline-images", "20", "--batch", "20", "--cost-repeats", "1",
             "--grids", "plain_N2", "--state-dir", str(tmp_path / "state"), "--out-dir", str(tmp_path / "out")]
     main([*args, "--shortcut", str(files["a"])])

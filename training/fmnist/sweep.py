@@ -663,11 +663,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--plain", default="2,3,4,6,8,12,16,24", help="plain sampling step counts N")
     p.add_argument("--shortcut-settings", default="8:1,8:2,8:4,16:2,16:3,16:4,16:6,16:8,24:3,24:4,24:6,24:12",
                    help="shortcut settings N:B (N in 8, 16, 24; B from N/8 to N/2)")
-    p.add_argument("--cache-settings", default="",
+    p.add_argument("--cache-settings", default="16:4,24:6",
                    help="training-free controls N:B (trailing c: the shortcut file's calibrated placement): the "
                         "same steps skipped, each reusing the last full step's feature instead of the shortcut's")
     p.add_argument("--images", type=int, default=2000, help="images per setting (and the common FD count)")
-    p.add_argument("--headline", default="plain_N4,plain_N6,plain_N16,shortcut_N16_B4,shortcut_N24_B6",
+    p.add_argument("--headline", default="plain_N4,plain_N6,plain_N16,shortcut_N16_B4,shortcut_N24_B6,cache_N16_B4,"
+                                          "cache_N24_B6",
                    help="settings that get --headline-images in two seed blocks (the target pairs)")
     p.add_argument("--headline-images", type=int, default=5000, help="images per headline setting")
     p.add_argument("--batch", type=int, default=500, help="images per generate() call (= one chunk, one seed)")
