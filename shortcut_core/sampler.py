@@ -105,7 +105,8 @@ class SamplingStats:
     base_passes: int = 0  # base-model forward passes actually run
     memo_passes: int = 0  # full steps whose features came from memory (step 0, see first_step.py)
     plain_base_passes: int = 0  # what plain sampling would have run
-    shortcut_steps: int = 0
+    shortcut_steps: int = 0  # steps that skipped the base model (filled by the shortcut or the feature cache)
+    skipped_by: str = "shortcut"  # what filled them: "shortcut" or "cache" (FeatureCache)
     seconds: float = 0.0  # sampling loop only (base, shortcut, head, sampling)
     decode_seconds: float = 0.0  # tokens -> pixels
     batch: int = 1
@@ -126,7 +127,7 @@ class SamplingStats:
     def report(self) -> str:
         """One line that proves what ran, e.g. for a log or a node's report output."""
         return (
-            f"full {self.full_steps}/{self.steps}, shortcut {self.shortcut_steps}, "
+            f"full {self.full_steps}/{self.steps}, {self.skipped_by} {self.shortcut_steps}, "
             f"base passes {self.base_passes}" + (f" + {self.memo_passes} from memory" if self.memo_passes else "")
             + f" (plain: {self.plain_base_passes}), {self.pass_reduction:.2f}x fewer base passes, {self.seconds:.2f} s "
             f"({self.seconds_per_image:.3f} s/image)" + (f"; {self.placement}" if self.placement else "")
@@ -138,6 +139,7 @@ class SamplingStats:
             "full_steps": self.full_steps,
             "full_step_indices": self.full_step_indices,
             "shortcut_steps": self.shortcut_steps,
+            "skipped_by": self.skipped_by,
             "base_passes": self.base_passes,
             "memo_passes": self.memo_passes,
             "plain_base_passes": self.plain_base_passes,
@@ -224,7 +226,8 @@ def sample(
     if cache and full_list != list(range(steps)):
         placement_note = "; ".join(filter(None, ["skipped steps reuse the last full step's feature (feature cache, "
                                                  "no shortcut)", placement_note]))
-    stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch, placement=placement_note)
+    stats = SamplingStats(steps=steps, full_step_indices=full_list, batch=state.batch, placement=placement_note,
+                          skipped_by="cache" if cache else "shortcut")
     stats.plain_base_passes = steps * migm.passes_per_full_step(state)
 
     if migm.device.type == "cuda":

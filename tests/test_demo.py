@@ -23,7 +23,7 @@ def test_demo_compares_plain_and_shortcut_in_both_regimes(tmp_path):
         runs = [line for line in lines if line.lstrip().startswith(regime + ",")]
         assert len(runs) == 4, done.stdout  # plain N, shortcut N/B, feature cache N/B, plain B
         cache = next(line for line in runs if "cache N=8, B=2" in line)
-        assert "full 2/8, shortcut 6" in cache and "feature cache" in cache
+        assert "full 2/8, cache 6" in cache and "feature cache" in cache
         summary = next(line for line in lines if line.startswith(f"{regime}: shortcut"))
         # a base pass is one transformer call per step (guided sampling batches both halves into it); the
         # warm-up saw every class, so step 0 of each run comes from memory

@@ -202,7 +202,8 @@ def test_feature_cache_samples_skipped_steps_from_the_last_full_steps_feature(mi
         else:
             assert feats is last_full
     s = res.stats
-    assert s.shortcut_steps == 5 and s.base_passes + s.memo_passes == 3 and "feature cache" in s.report()
+    assert s.shortcut_steps == 5 and s.base_passes + s.memo_passes == 3 and "full 3/8, cache 5," in s.report()
+    assert "feature cache" in s.report()
     plain = generate(migm, [0, 1, 2], steps=8, seed=4)
     assert not torch.equal(plain.tokens, res.tokens)
     with pytest.raises(ValueError, match="a feature cache has none"):
