@@ -92,8 +92,6 @@ class FeatureCache:
     tokens come from the base model's distribution at the last full step. Pass it as
     ``shortcut=FeatureCache()`` to measure what a trained shortcut adds over caching."""
 
-    name = "feature cache"
-
     def __repr__(self) -> str:
         return "FeatureCache()"
 

@@ -12,7 +12,7 @@ from shortcut_core.dimoo.fake import write_fake_dimoo_folder
 from shortcut_core.dimoo.family import DiMOOMIGM, keep_masked
 from shortcut_core.dimoo.shortcut import DiMOOShortcut
 from shortcut_core.migm import load_migm, load_shortcut, save_shortcut
-from shortcut_core.sampler import sample
+from shortcut_core.sampler import FeatureCache, sample
 
 SIZE = dict(height=48, width=32)  # 3 x 2 image tokens
 STEPS = 8
@@ -103,6 +103,25 @@ def test_shortcut_run(migm, shortcut):
     assert (r.stats.base_passes + r.stats.memo_passes, r.stats.shortcut_steps) == (6, 5)
     assert ((r.tokens >= 0) & (r.tokens < 8192)).all()
     assert torch.isfinite(r.images).all()
+
+
+def test_feature_cache_and_on_policy_labels(migm, shortcut):
+    """The training-free control runs on DiMOO's two branches; base_every_step labels the skipped
+    steps with both branches' base features without changing the tokens."""
+    seen = []
+    cached = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=FeatureCache(), seed=2, decode=False,
+                    callback=lambda info: seen.append((info.full, info.feats)), **SIZE)
+    assert "full 3/" in cached.stats.report() and ", cache 5," in cached.stats.report()
+    last = None
+    for full, feats in seen:
+        last = feats if full else last
+        assert feats is last  # a skipped step hands on the last full step's features untouched
+    ref = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=2, decode=False, **SIZE)
+    labels = []
+    on = sample(migm, "a red cat", steps=STEPS, full_steps=3, shortcut=shortcut, seed=2, decode=False,
+                base_every_step=True, callback=lambda info: labels.append(info.base_feats), **SIZE)
+    assert torch.equal(ref.tokens, on.tokens) and len(labels) == STEPS
+    assert all(isinstance(b, tuple) and len(b) == 2 for b in labels)  # cond and uncond branches, every step
 
 
 def test_all_full_steps_with_a_shortcut_is_exactly_plain(migm, shortcut):

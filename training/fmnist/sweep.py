@@ -186,11 +186,11 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         if r["plain"]:
             d.ellipse([x - 5, y - 5, x + 5, y + 5], fill=color)
             text = f"N{r['steps']}"
-        elif r.get("cache"):
-            d.polygon([(x, y - 6), (x - 6, y + 5), (x + 6, y + 5)], fill=color)
-            text = f"{r['steps']}/{r['full_steps']}" + ("c" if r["key"].endswith("_cal") else "")
         else:
-            d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=color)
+            if r.get("cache"):
+                d.polygon([(x, y - 6), (x - 6, y + 5), (x + 6, y + 5)], fill=color)
+            else:
+                d.rectangle([x - 5, y - 5, x + 5, y + 5], fill=color)
             text = f"{r['steps']}/{r['full_steps']}" + ("c" if r["key"].endswith("_cal") else "")
         if i in front:
             d.ellipse([x - 9, y - 9, x + 9, y + 9], outline=(0, 160, 0), width=2)
@@ -346,6 +346,13 @@ def block_noise(*rows: dict) -> float | None:
     return max(gaps) if gaps else None
 
 
+def verdict(t: dict) -> str:
+    """The first row of a pair (``fd_shortcut``) against the second (``fd_plain``), beyond the block noise or not."""
+    noise = t["noise"] or 0.0
+    return ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
+            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+
+
 def targets(results: list[dict]) -> dict:
     """One regime's target checks (see the module's SAME_N and EQUAL_PASSES pairs; a shortcut row swept
     with its file's calibrated placement too is judged as it ships, with that placement)."""
@@ -400,18 +407,13 @@ def targets(results: list[dict]) -> dict:
         if t:
             t["placements"] = {"calibrated": c["full_step_indices"],
                                "paper": by_key[t["plain"]]["full_step_indices"]}
-            noise = t["noise"] or 0.0
-            t["verdict"] = ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
-                            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+            t["verdict"] = verdict(t)
             calibrated.append(t)
     against_cache = []
     for c in (r for r in results if r.get("cache")):
         t = pair(c["key"].replace("cache_", "shortcut_", 1), c["key"])
         if t:
-            noise = t["noise"] or 0.0
-            t["full_step_indices"] = c["full_step_indices"]
-            t["verdict"] = ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
-                            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+            t["full_step_indices"], t["verdict"] = c["full_step_indices"], verdict(t)
             against_cache.append(t)
     return {
         "shortcut_vs_cache": against_cache,
