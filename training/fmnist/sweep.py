@@ -2,7 +2,9 @@
 class-conditional and unconditional.
 
 For every regime (``cond``: balanced classes with the model's guidance; ``uncond``: the
-null class, one pass per step) and every setting (plain N, or shortcut N/B) it generates
+null class, one pass per step) and every setting (plain N, shortcut N/B, or the
+training-free control ``--cache-settings``: the same full steps, each skipped step reusing
+the last full step's feature instead of the shortcut's prediction) it generates
 images in large batches and measures, with the shipped classifier, FD-FMNIST against the
 test split (class consistency too when there is a class), sampling seconds per image and
 base forward passes per image.
