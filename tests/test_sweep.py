@@ -175,3 +175,15 @@ def test_cache_rows_share_the_shortcuts_calibrated_placement(tmp_path):
     assert cache["base_passes_per_image"] == shortcut["base_passes_per_image"] == 4
     assert cache["fd_fmnist"] != shortcut["fd_fmnist"]  # the skipped steps were filled differently
     assert "feature cache N=16 B=4 calibrated" in (out / "fmnist_sweep.md").read_text()
+
+
+def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path):
+    from training.fmnist.ablation import main as ablation_main
+
+    out = tmp_path / "abl.md"
+    report = ablation_main([str(DEFAULT_SHORTCUT), "--names", "shipped", "--images", "20", "--batch", "20",
+                            "--out", str(out)])
+    row = report["rows"][0]
+    assert row["placement"] == [0, 2, 4, 8]  # the shipped file's calibrated 16/4
+    assert set(row["fd_cache"]) == {"cond", "uncond"} and row["fd_cache"] != row["fd"]
+    assert f"{row['fd']['cond']:.2f} ({row['fd_cache']['cond']:.2f})" in out.read_text()

@@ -4,7 +4,9 @@ For every shortcut file it reads the held-out validation its training wrote into
 (single-step MSE ratio to copy-previous, and after 2..k chained shortcut steps), times one
 shortcut step against one full step (head and sampling included), and samples a small
 FD-FMNIST check of shortcut N/B against plain N and plain B in both regimes, with the same
-seeds for every candidate (with the file's calibrated placement for N/B when it has one). Writes a markdown table (and JSON) for ``docs/results``.
+seeds for every candidate (with the file's calibrated placement for N/B when it has one),
+and against the training-free feature cache at the candidate's own full steps (the control a
+shortcut has to beat). Writes a markdown table (and JSON) for ``docs/results``.
 
     python -m training.fmnist.ablation A.safetensors B.safetensors --names a,b --out runs/fmnist/ablation.md
 """
@@ -18,14 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from shortcut_core import generate, load_migm, load_shortcut
+from shortcut_core import FeatureCache, full_step_indices, generate, load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_fmnist, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_costs, to_uint8
 
 
-def sample_chunks(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int,
+def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, batch: int,
                   placement: str | None = None) -> tuple[np.ndarray, float]:
     """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed k,
     as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one."""
@@ -40,10 +42,10 @@ def sample_chunks(migm, shortcut, regime: str, steps: int, full: int | None, ima
     return np.concatenate(out)[:images], seconds
 
 
-def quick_fd(migm, shortcut, regime: str, steps: int, full: int | None, images: int, batch: int, classifier,
-             ref) -> tuple[float, float]:
+def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: int, classifier,
+             ref, placement: str | None = None) -> tuple[float, float]:
     """(FD-FMNIST, sampling ms per image) of ``sample_chunks``' images."""
-    generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch)
+    generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement)
     return fd_fmnist(generated, classifier, ref), seconds / images * 1e3
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
             baselines[(regime, steps)] = quick_fd(migm, None, regime, steps, None, args.images, args.batch,
                                                   classifier, ref)
             print(f"plain N={steps} {regime}: FD {baselines[(regime, steps)][0]:.2f}", flush=True)
-    rows = []
+    rows, cache_fds = [], {}
     for name, path in zip(names, args.shortcuts):
         shortcut = load_shortcut(path, migm)
         row = {"name": name, "file": str(path), **describe(shortcut)}
@@ -96,17 +98,24 @@ def main(argv: list[str] | None = None) -> dict:
         row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
         row["fd"] = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref)[0]
                      for regime in REGIMES}
+        full = tuple(full_step_indices(n, b) if row["placement"] == "paper" else row["placement"])
+        for regime in REGIMES:  # the same full steps with each skipped step reusing the last full step's feature
+            if (regime, full) not in cache_fds:
+                cache_fds[(regime, full)] = quick_fd(migm, FeatureCache(), regime, n, list(full), args.images,
+                                                     args.batch, classifier, ref, placement="paper")[0]
+        row["fd_cache"] = {regime: cache_fds[(regime, full)] for regime in REGIMES}
         print(json.dumps(row), flush=True)
         rows.append(row)
     chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)
     lines = [f"Quick check: N={n}, B={b}, {args.images} images per FD, seeds 0.. for every row (FD on "
-             f"{args.images} images is biased upwards: compare rows of this table only). Plain N={n}: FD "
+             f"{args.images} images is biased upwards: compare rows of this table only); 'cache': the feature "
+             f"cache (no shortcut) at the row's full steps. Plain N={n}: FD "
              f"{baselines[('cond', n)][0]:.2f} (cond) / {baselines[('uncond', n)][0]:.2f} (uncond); plain N={b}: "
              f"{baselines[('cond', b)][0]:.2f} / {baselines[('uncond', b)][0]:.2f}.", "",
              "| candidate | params | width x blocks | iters | rollout | input noise | cos weight | placement | "
              "val MSE ratio, "
              "1 step | " + " | ".join(f"after {k} chained" for k in chain_depths) +
-             f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond | FD {n}/{b} uncond |",
+             f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond (cache) | FD {n}/{b} uncond (cache) |",
              "|---|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|"]
     for r in rows:
         single = f"{r['val_single']:.3f}" if r["val_single"] is not None else "-"
@@ -115,8 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{r['rollout']} | {r['input_noise']} | {r['cos_weight']} | "
                      f"{r['placement'] if r['placement'] == 'paper' else ','.join(map(str, r['placement']))} | "
                      f"{single} | {chains} | "
-                     f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} | "
-                     f"{r['fd']['uncond']:.2f} |")
+                     f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} "
+                     f"({r['fd_cache']['cond']:.2f}) | {r['fd']['uncond']:.2f} ({r['fd_cache']['uncond']:.2f}) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
