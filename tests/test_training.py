@@ -400,6 +400,9 @@ def test_rollout_loss_tracks_chained_steps_better(base, dataset, tmp_path):
         val = read_safetensors_metadata(out)["info"]["metrics"]["val"]
         chained[k] = val["chain"]["3"]["mse_ratio"]
         assert set(val["chain"]) == {"2", "3"} and val["chain"]["3"]["per_step"][0]["s"] == 2
+        # The feature cache holds the chain's start: one step is copy-previous itself, three steps drift further.
+        assert val["cache_ratio"] == pytest.approx(1.0)
+        assert val["chain"]["3"]["cache_ratio"] > val["chain"]["2"]["cache_ratio"] > 1.0
     assert chained[3] < chained[1], chained
 
 

@@ -161,18 +161,20 @@ class RunLog:
 # -- validation --------------------------------------------------------------------
 
 
-VAL_COLUMNS = 8
+VAL_COLUMNS = 10
 
 
 @torch.no_grad()
 def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: int, device, autocast,
              skip_bad: bool, log, chain: int = 1, head_logits=None) -> torch.Tensor:
-    """Sums (chain, N-1, 8) of cos pred, cos copy, positions, sq err pred, sq err copy, elements,
-    and, given the base model's ``head_logits``, KL(head on target || head on pred) and the same for copy.
+    """Sums (chain, N-1, 10) of cos pred, cos copy, positions, sq err pred, sq err copy, elements,
+    and, given the base model's ``head_logits``, KL(head on target || head on pred) and the same for
+    copy; then sq err and KL of the feature cache.
 
     Entry [j-1, t] is the pair t -> t+1 predicted after j chained shortcut steps from the
     recorded (full-step) feature at t+1-j, as sampling chains them; the copy columns are the
-    single-step copy-previous baseline of the same pair (feature t for t+1).
+    single-step copy-previous baseline of the same pair (feature t for t+1); the cache columns
+    hold the chain's start feature (t+1-j) for t+1, what a feature cache samples from there.
     """
     sums = torch.zeros(chain, recording.steps - 1, VAL_COLUMNS, dtype=torch.float64)
     was_training = model.training
@@ -190,7 +192,7 @@ def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: 
                 for b0 in range(0, len(rows[k]), batch):
                     pb = gather_pairs(recording, cache, [(k, j) for j in rows[k][b0:b0 + batch]], branch, s, device,
                                       span=chain)
-                    pred, prev = pb.prev, pb.prev
+                    pred, prev, start = pb.prev, pb.prev, pb.prev
                     chained = [(pb.target, pb.inputs, pb.loss_mask), *pb.later]
                     for depth, (target, inputs, m) in enumerate(chained):
                         with autocast():
@@ -200,14 +202,17 @@ def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: 
                         cos_c = F.cosine_similarity(prev, target, dim=-1)[m]
                         se_p = ((pred - target) ** 2)[m]
                         se_c = ((prev - target) ** 2)[m]
-                        kl_p = kl_c = 0.0
+                        se_h = ((start - target) ** 2)[m]
+                        kl_p = kl_c = kl_h = 0.0
                         if head_logits is not None and bool(m.any()):
                             log_q = F.log_softmax(head_logits(target, m).float(), dim=-1)
                             kl_p = token_kl(head_logits(pred, m), log_q).item()
                             kl_c = token_kl(head_logits(prev, m), log_q).item()
+                            kl_h = token_kl(head_logits(start, m), log_q).item()
                         sums[depth, s + depth] += torch.tensor(
                             [cos_p.sum().item(), cos_c.sum().item(), float(m.sum()), se_p.sum().item(),
-                             se_c.sum().item(), float(se_p.numel()), kl_p, kl_c], dtype=torch.float64)
+                             se_c.sum().item(), float(se_p.numel()), kl_p, kl_c, se_h.sum().item(), kl_h],
+                            dtype=torch.float64)
                         prev = target
     model.train(was_training)
     return sums
@@ -226,6 +231,11 @@ def summarize(sums: torch.Tensor) -> dict:
         d["mse_ratio"] = d["mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
         if t.shape[0] > 7 and t[7] > 0:  # measured with the base model's head
             d["kl"], d["copy_kl"] = t[6].item() / pos, t[7].item() / pos
+        if t.shape[0] > 8:
+            d["cache_mse"] = t[8].item() / el
+            d["cache_ratio"] = d["cache_mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
+            if t[9] > 0:
+                d["cache_kl"] = t[9].item() / pos
         return d
 
     def table(depth_sums):
@@ -252,7 +262,9 @@ def format_val(v: dict) -> str:
                      f"{r['mse_ratio']:>7.3f}{extra}")
     for k, c in chains:
         lines.append(f"  after {k} chained steps: mse ratio {c['mse_ratio']:.3f} (vs single-step copy-previous), "
-                     f"cos {c['cos']:.4f}" + (f", token KL {c['kl']:.4g}" if "kl" in c else ""))
+                     f"cos {c['cos']:.4f}" + (f", token KL {c['kl']:.4g}" if "kl" in c else "")
+                     + (f"; the feature cache (start feature held): mse ratio {c['cache_ratio']:.3f}"
+                        + (f", token KL {c['cache_kl']:.4g}" if "cache_kl" in c else "") if "cache_ratio" in c else ""))
     return "\n".join(lines)
 
 
