@@ -202,13 +202,13 @@ def evaluate(model, recording: Recording, rows: dict[int, list[int]], *, batch: 
                         cos_c = F.cosine_similarity(prev, target, dim=-1)[m]
                         se_p = ((pred - target) ** 2)[m]
                         se_c = ((prev - target) ** 2)[m]
-                        se_h = ((start - target) ** 2)[m]
+                        se_h = se_c if depth == 0 else ((start - target) ** 2)[m]  # one step: the cache is copy
                         kl_p = kl_c = kl_h = 0.0
                         if head_logits is not None and bool(m.any()):
                             log_q = F.log_softmax(head_logits(target, m).float(), dim=-1)
                             kl_p = token_kl(head_logits(pred, m), log_q).item()
                             kl_c = token_kl(head_logits(prev, m), log_q).item()
-                            kl_h = token_kl(head_logits(start, m), log_q).item()
+                            kl_h = kl_c if depth == 0 else token_kl(head_logits(start, m), log_q).item()
                         sums[depth, s + depth] += torch.tensor(
                             [cos_p.sum().item(), cos_c.sum().item(), float(m.sum()), se_p.sum().item(),
                              se_c.sum().item(), float(se_p.numel()), kl_p, kl_c, se_h.sum().item(), kl_h],
@@ -229,13 +229,10 @@ def summarize(sums: torch.Tensor) -> dict:
         d = {"cos": t[0].item() / pos, "copy_cos": t[1].item() / pos, "mse": t[3].item() / el,
              "copy_mse": t[4].item() / el, "positions": int(t[2].item())}
         d["mse_ratio"] = d["mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
-        if t.shape[0] > 7 and t[7] > 0:  # measured with the base model's head
-            d["kl"], d["copy_kl"] = t[6].item() / pos, t[7].item() / pos
-        if t.shape[0] > 8:
-            d["cache_mse"] = t[8].item() / el
-            d["cache_ratio"] = d["cache_mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
-            if t[9] > 0:
-                d["cache_kl"] = t[9].item() / pos
+        d["cache_mse"] = t[8].item() / el
+        d["cache_ratio"] = d["cache_mse"] / d["copy_mse"] if d["copy_mse"] > 0 else float("nan")
+        if t[7] > 0:  # measured with the base model's head
+            d["kl"], d["copy_kl"], d["cache_kl"] = t[6].item() / pos, t[7].item() / pos, t[9].item() / pos
         return d
 
     def table(depth_sums):
@@ -263,8 +260,8 @@ def format_val(v: dict) -> str:
     for k, c in chains:
         lines.append(f"  after {k} chained steps: mse ratio {c['mse_ratio']:.3f} (vs single-step copy-previous), "
                      f"cos {c['cos']:.4f}" + (f", token KL {c['kl']:.4g}" if "kl" in c else "")
-                     + (f"; the feature cache (start feature held): mse ratio {c['cache_ratio']:.3f}"
-                        + (f", token KL {c['cache_kl']:.4g}" if "cache_kl" in c else "") if "cache_ratio" in c else ""))
+                     + f"; the feature cache (start feature held): mse ratio {c['cache_ratio']:.3f}"
+                     + (f", token KL {c['cache_kl']:.4g}" if "cache_kl" in c else ""))
     return "\n".join(lines)
 
 
