@@ -439,11 +439,47 @@ def test_kl_term_is_zero_on_the_target_and_trains_only_the_shortcut(base):
     assert all(p.grad is None for p in migm.model.parameters())
 
 
+def test_reverse_kl_punishes_confident_tokens_the_target_finds_unlikely(base):
+    """KL(prediction || target): zero on the target, and larger than the forward KL for a
+    prediction sure of a token the target gives little mass (what a confidence-ordered
+    reveal keeps first); it trains the shortcut's positions only."""
+    log_q = torch.log(torch.tensor([[0.90, 0.09, 0.01]]))
+    assert train_mod.reverse_token_kl(log_q.clone(), log_q).item() == pytest.approx(0.0, abs=1e-7)
+    sure_of_unlikely = torch.log(torch.tensor([[0.05, 0.05, 0.90]]))
+    p = sure_of_unlikely.exp()
+    expected = (p * (sure_of_unlikely - log_q)).sum().item()
+    assert train_mod.reverse_token_kl(sure_of_unlikely, log_q).item() == pytest.approx(expected, rel=1e-5)
+    assert train_mod.reverse_token_kl(sure_of_unlikely, log_q) > train_mod.token_kl(sure_of_unlikely, log_q)
+
+    migm, _ = base
+    head = train_mod.head_logits_for(migm)
+    target = torch.randn(2, 5, migm.config.hidden)
+    mask = torch.tensor([[True, False, True, True, False], [False, True, True, False, False]])
+    assert train_mod.step_loss(target, target, mask, kl_reverse_weight=5.0, head_logits=head).item() == pytest.approx(
+        train_mod.step_loss(target, target, mask).item(), abs=1e-6)
+    moved = (target + 0.5 * torch.randn_like(target)).requires_grad_(True)
+    both = train_mod.step_loss(moved, target, mask, kl_weight=1.0, head_logits=head, kl_reverse_weight=2.0)
+    forward_only = train_mod.step_loss(moved, target, mask, kl_weight=1.0, head_logits=head)
+    assert both > forward_only
+    both.backward()
+    assert moved.grad[~mask].abs().sum() == 0 and moved.grad[mask].abs().sum() > 0
+
+
+def test_reverse_kl_option_trains_and_is_recorded(base, dataset, tmp_path):
+    _, path = base
+    out = tmp_path / "rev.safetensors"
+    assert train_main(["--data", str(dataset), "--migm", str(path), "--iters", "20", "--lr-decay-at", "",
+                       "--val-every", "20", "--seed", "1", *TRAIN_FAST, "--out", str(out),
+                       "--kl-reverse-weight", "0.5"]) == 0
+    training = read_safetensors_metadata(out)["info"]["training"]
+    assert training["kl_reverse_weight"] == 0.5 and "0.5 x reverse KL(head)" in training["loss"]
+
+
 def test_train_refuses_bad_recipe_options(base, dataset, tmp_path, capsys):
     _, path = base
     common = ["--data", str(dataset), "--migm", str(path), "--out", str(tmp_path / "x.safetensors")]
     for flag, value in (("--rollout", "0"), ("--input-noise", "nan"), ("--cos-weight", "-1"), ("--val-chain", "0"),
-                        ("--kl-weight", "inf")):
+                        ("--kl-weight", "inf"), ("--kl-reverse-weight", "-0.5")):
         assert train_main([*common, flag, value]) == 2
         assert flag in capsys.readouterr().err
 

@@ -266,22 +266,30 @@ def format_val(v: dict) -> str:
 
 
 def step_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, cos_weight: float = 0.0,
-              kl_weight: float = 0.0, head_logits=None) -> torch.Tensor:
-    """Masked MSE, plus ``cos_weight`` x (1 - cosine similarity) and ``kl_weight`` x KL(base head on
-    the target || base head on the prediction), both over the same positions.
+              kl_weight: float = 0.0, head_logits=None, kl_reverse_weight: float = 0.0) -> torch.Tensor:
+    """Masked MSE, plus ``cos_weight`` x (1 - cosine similarity), ``kl_weight`` x KL(base head on
+    the target || base head on the prediction) and ``kl_reverse_weight`` x the reverse KL, all over
+    the same positions.
 
-    The KL term weighs feature errors by what they change in the next step's token distribution:
+    The KL terms weigh feature errors by what they change in the next step's token distribution:
     the MSE treats every direction of the feature alike, sampling only sees the head's output.
+    The forward KL punishes missing the base model's likely tokens; the reverse KL punishes
+    mass on tokens the base model finds unlikely, the confidently wrong tokens that a
+    confidence-ordered reveal keeps first.
     """
     loss = masked_mse(pred, target, mask)
     if cos_weight:
         cos = F.cosine_similarity(pred, target, dim=-1)  # (B, T)
         m = mask.to(cos.dtype)
         loss = loss + cos_weight * ((1 - cos) * m).sum() / m.sum().clamp(min=1)
-    if kl_weight and bool(mask.any()):
+    if (kl_weight or kl_reverse_weight) and bool(mask.any()):
         with torch.no_grad():
             log_q = F.log_softmax(head_logits(target, mask).float(), dim=-1)
-        loss = loss + kl_weight * token_kl(head_logits(pred, mask), log_q) / log_q.shape[0]
+        logits = head_logits(pred, mask)
+        if kl_weight:
+            loss = loss + kl_weight * token_kl(logits, log_q) / log_q.shape[0]
+        if kl_reverse_weight:
+            loss = loss + kl_reverse_weight * reverse_token_kl(logits, log_q) / log_q.shape[0]
     return loss
 
 
@@ -290,11 +298,17 @@ def token_kl(logits: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
     return F.kl_div(F.log_softmax(logits.float(), dim=-1), log_target, log_target=True, reduction="sum")
 
 
+def reverse_token_kl(logits: torch.Tensor, log_target: torch.Tensor) -> torch.Tensor:
+    """Summed KL(softmax(logits) || target) over rows of token distributions."""
+    log_p = F.log_softmax(logits.float(), dim=-1)
+    return (log_p.exp() * (log_p - log_target)).sum()
+
+
 def head_logits_for(migm):
     """The base model's head, frozen, for the KL term; refuses families that do not expose it."""
     if not hasattr(migm, "head_logits"):
-        raise ValueError(f"--kl-weight needs the base model's head, which the {type(migm).__name__} adapter does "
-                         f"not expose for training; train without --kl-weight")
+        raise ValueError(f"--kl-weight and --kl-reverse-weight need the base model's head, which the "
+                         f"{type(migm).__name__} adapter does not expose for training; train without them")
     for p in migm.model.parameters():
         p.requires_grad_(False)
     return migm.head_logits
@@ -491,7 +505,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
 
     torch.manual_seed(args.seed)
     model = migm.build_shortcut(config)  # refuses features of another width than the base model's
-    terms = (args.cos_weight, args.kl_weight, head_logits_for(migm) if args.kl_weight else None)
+    uses_head = args.kl_weight or args.kl_reverse_weight
+    terms = (args.cos_weight, args.kl_weight, head_logits_for(migm) if uses_head else None, args.kl_reverse_weight)
     weights = [1.0] * (recording.steps - 1)  # per pair s -> s+1
     if args.step_weight != "none":
         counts = {tuple(m["reveal_counts"]) for m in recording.manifests}
@@ -525,8 +540,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
              "shortcut_config": config.to_dict(), "init": args.init}
     settings = {k: getattr(args, k) for k in ("iters", "lr", "weight_decay", "lr_decay", "lr_decay_at", "ema",
                                               "grad_clip", "autocast", "val_every", "ckpt_every", "log_every",
-                                              "rollout", "input_noise", "cos_weight", "kl_weight", "step_weight",
-                                              "val_chain")}
+                                              "rollout", "input_noise", "cos_weight", "kl_weight", "kl_reverse_weight",
+                                              "step_weight", "val_chain")}
     n_train = sum(len(v) for v in train_rows.values())
     n_val = sum(len(v) for v in val_rows.values())
     shard_names = [recording.shard_name(k) for k in range(len(recording.shards))]
@@ -709,6 +724,7 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
                          "pairs_per_iteration": pairs_per_iter, "device": str(d.device),
                          "loss": "masked MSE" + (f" + {args.cos_weight} x (1 - cos)" if args.cos_weight else "")
                          + (f" + {args.kl_weight} x KL(head)" if args.kl_weight else "")
+                         + (f" + {args.kl_reverse_weight} x reverse KL(head)" if args.kl_reverse_weight else "")
                          + (f", averaged over {args.rollout} chained steps" if args.rollout > 1 else "")
                          + (f", pairs weighted by step ({args.step_weight})" if args.step_weight != "none" else "")},
             "data": {"path": [str(r) for r in recording.roots], "base_fingerprint": recording.fingerprint,
@@ -774,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--kl-weight", type=float, default=0.0,
                    help="add this weight x KL divergence between the base model's head on the target and on the "
                         "predicted feature, at the masked positions (default 0; the reference's optional logit term)")
+    g.add_argument("--kl-reverse-weight", type=float, default=0.0,
+                   help="add this weight x the reverse KL (head on the prediction || head on the target): punishes "
+                        "confident tokens the base model finds unlikely (default 0)")
     g.add_argument("--step-weight", choices=STEP_WEIGHTS, default="none",
                    help="weight each pair's loss by its step: reveal = the tokens the next step reveals (late "
                         "steps most), masked = the tokens still masked (early steps most); mean weight 1 "
@@ -823,7 +842,7 @@ def check_args(args) -> None:
     for name in ("lr", "lr_decay", "bottleneck_ratio"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) > 0):
             raise ValueError(f"{flag(name)} must be a finite number > 0, got {getattr(args, name)}")
-    for name in ("weight_decay", "grad_clip", "input_noise", "cos_weight", "kl_weight"):
+    for name in ("weight_decay", "grad_clip", "input_noise", "cos_weight", "kl_weight", "kl_reverse_weight"):
         if not (math.isfinite(getattr(args, name)) and getattr(args, name) >= 0):
             raise ValueError(f"{flag(name)} must be a finite number >= 0, got {getattr(args, name)}")
     for name in ("ema", "val_fraction", "dropout"):
