@@ -87,7 +87,7 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     state, out = tmp_path / "state", tmp_path / "out"
     args = ["--plain", "2", "--shortcut-settings", "4:1", "--cache-settings", "", "--images", "20", "--headline", "plain_N2",
             "--headline-images", "40", "--batch", "20", "--cost-repeats", "1", "--grids", "shortcut_N4_B1",
-            "--state-dir", str(state), "--out-dir", str(out)]
+            "--fidelity-steps", "2", "--state-dir", str(state), "--out-dir", str(out)]
     first = main(args)
     for regime in ("cond", "uncond"):
         rep = first["regimes"][regime]
@@ -100,6 +100,8 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
         assert costs["shortcut_step_ms_per_image"] > costs["shortcut_net_ms_per_image"] > 0
         assert costs["rows"] == (40 if regime == "cond" else 20)  # guidance doubles the rows; 'none' runs one pass
         assert (by_key["plain_N2"]["class_consistency"] is None) == (regime == "uncond")
+        assert all(r["fd_base"] > 0 for r in rep["results"])
+        assert [t["key"] for t in rep["targets"]["fidelity"]] == ["shortcut_N4_B1"]
         assert (out / f"fmnist_sweep_{regime}.png").is_file() and (out / f"fmnist_samples_{regime}_shortcut_N4_B1.png").is_file()
     for name in ("fmnist_sweep.md", "fmnist_sweep.json"):
         assert (out / name).is_file(), name
@@ -107,8 +109,11 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     assert "## Class-conditional (cond)" in text and "## Unconditional (uncond)" in text
     assert "| shortcut N=4 B=1 | 4 | 1 | 20 |" in text
 
+    assert "FD to the base model's samples (20 images) | (all) |" in text and "Noise floor: plain N=2 itself" in text
+
     chunks = sorted(state.rglob("*.npz"))
-    assert len(chunks) == 2 * (2 + 1)  # per regime: plain N=2: 40 images, shortcut: 20, in chunks of 20
+    # per regime: plain N=2: 40 images, shortcut: 20, the base model's own samples: 40, in chunks of 20
+    assert len(chunks) == 2 * (2 + 1 + 2)
     stamps = [p.stat().st_mtime_ns for p in chunks]
     second = main(args)  # everything is on disk: nothing is generated again, the figures are the same
     assert [p.stat().st_mtime_ns for p in chunks] == stamps
@@ -125,6 +130,28 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
     plain_chunks = sorted(state.rglob("plain_N2/*.npz"))
     assert [p.stat().st_mtime_ns for p in plain_chunks] == [t for p, t in zip(chunks, stamps) if "plain_N2" in str(p)]
     assert all(p.stat().st_mtime_ns > max(stamps) for p in state.rglob("shortcut_N4_B1/*.npz"))
+
+
+def test_fidelity_ranks_plain_settings_by_their_distance_from_the_base_models_own_samples(tmp_path):
+    """FD to plain N=8's samples at other seeds: plain N=8 itself (the noise floor) lands far below plain
+    N=1, which reveals every token in one step; a row is matched with the most steps it is as faithful as."""
+    report = main(["--regimes", "uncond", "--plain", "1,8", "--shortcut-settings", "8:2", "--cache-settings", "",
+                   "--images", "100", "--headline", "", "--headline-images", "100", "--batch", "50",
+                   "--cost-repeats", "1", "--grids", "", "--fidelity-steps", "8", "--state-dir", str(tmp_path / "s"),
+                   "--out-dir", str(tmp_path / "o")])
+    rep = report["regimes"]["uncond"]
+    by_key = {r["key"]: r for r in rep["results"]}
+    assert by_key["plain_N8"]["fd_base"] < 0.5 * by_key["plain_N1"]["fd_base"], by_key
+    (t,) = rep["targets"]["fidelity"]
+    s = by_key["shortcut_N8_B2"]["fd_base"]
+    expected = "plain_N8" if s <= by_key["plain_N8"]["fd_base"] else "plain_N1" if s <= by_key["plain_N1"]["fd_base"] else None
+    assert t["key"] == "shortcut_N8_B2" and t["as_faithful_as"] == expected and t["base_passes"] == 2
+
+
+def test_fidelity_needs_a_step_count_it_can_sample(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--fidelity-steps", "-1", "--state-dir", str(tmp_path)])
+    assert "--fidelity-steps" in capsys.readouterr().err
 
 
 def test_calibrated_rows_are_redone_when_the_files_placement_changes(tmp_path):

@@ -58,6 +58,8 @@ REGIMES = {
 SAME_N = [("shortcut_N16_B4", "plain_N16")]
 EQUAL_PASSES = [("shortcut_N16_B4", "plain_N4"), ("shortcut_N24_B6", "plain_N6")]
 SAME_N_TOLERANCE = 0.03
+# The base model's own samples for the fidelity column come from these chunk seeds on: no row uses them.
+FIDELITY_SEED_OFFSET = 10_000
 
 
 @dataclass(frozen=True)
@@ -301,11 +303,12 @@ def load_chunks(state_dir: Path, regime: str, setting: Setting, count: int) -> l
 
 
 def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref, common: int,
-              blocks: bool) -> dict:
+              blocks: bool, base=None) -> dict:
     """``fd_fmnist`` uses the first ``common`` images (same count and seeds in every row: FD is
     biased by the count); ``fd_fmnist_all`` every image; ``fd_blocks`` the two halves (disjoint
-    seeds) of a headline setting, whose difference shows the sampling noise. The classifier
-    runs once over the images."""
+    seeds) of a headline setting, whose difference shows the sampling noise; ``fd_base`` the
+    first ``common`` images against ``base``, the feature statistics of the base model's own
+    samples (``base_reference``). The classifier runs once over the images."""
     images = np.concatenate([c["images"] for c in chunks])
     classes = np.concatenate([c["classes"] for c in chunks])
     seconds = float(sum(float(c["seconds"]) for c in chunks))
@@ -326,12 +329,53 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
         "fd_fmnist": fd(0, common), "fd_images": int(min(common, len(images))),
         "fd_fmnist_all": fd(0, len(images)) if len(images) > common else None,
         "fd_blocks": [fd(0, half), fd(half, len(images))] if blocks else None,
+        "fd_base": None if base is None else round(frechet_distance_stats(feature_stats(feats[:common]), base), 4),
+        "fd_base_all": (round(frechet_distance_stats(feature_stats(feats), base), 4)
+                        if base is not None and len(images) > common else None),
         "class_consistency": consistency,
         "seconds_per_image": seconds / len(images),
         "decode_seconds_per_image": float(sum(float(c["decode_seconds"]) for c in chunks)) / len(images),
         "base_passes_per_image": int(chunks[0]["base_passes"]),
         "chunk_seconds": [round(float(c["seconds"]), 3) for c in chunks],
     }
+
+
+def base_reference(migm, regime: str, args, count: int, state_dir: Path, classifier, log):
+    """Feature statistics of ``count`` plain N=``args.fidelity_steps`` samples at seeds no row uses.
+
+    FD against them measures how faithfully a setting reproduces what the base model itself
+    samples with every step run; the plain row of the same N, seen through its own seeds,
+    gives the noise floor. FD against the data cannot tell these apart: a sampler that drifts
+    from the base model can land closer to the data by chance.
+    """
+    setting = Setting(args.fidelity_steps, args.fidelity_steps)
+    folder = state_dir / regime / f"base_reference_N{setting.steps}"
+    forget_chunks_made_otherwise(folder, {"migm": migm.fingerprint, "batch": args.batch,
+                                          "seed": args.seed + FIDELITY_SEED_OFFSET}, log)
+    chunks = []
+    for k in range(-(-count // args.batch)):
+        path = folder / f"chunk_{k:03d}.npz"
+        if not path.is_file():
+            save_chunk(path, run_chunk(migm, None, setting, regime, k, args.batch, args.seed + FIDELITY_SEED_OFFSET))
+        chunks.append(np.load(path)["images"])
+    images = np.concatenate(chunks)[:count]
+    log(f"{regime}: the base model's own samples for fidelity: plain N={setting.steps}, {len(images)} images")
+    return feature_stats(extract_features(images, classifier))
+
+
+def fidelity(results: list[dict]) -> list[dict]:
+    """For each shortcut or cache row: its FD to the base model's own samples, and the plain
+    settings it is at least as faithful as (the one with the most steps first)."""
+    plain = sorted((r for r in results if r["plain"] and r.get("fd_base") is not None), key=lambda r: -r["steps"])
+    out = []
+    for r in results:
+        if r["plain"] or r.get("fd_base") is None:
+            continue
+        beaten = [p for p in plain if p["fd_base"] >= r["fd_base"]]
+        out.append({"key": r["key"], "fd_base": r["fd_base"], "base_passes": r["base_passes_per_image"],
+                    "as_faithful_as": beaten[0]["key"] if beaten else None,
+                    "plain_fd_base": beaten[0]["fd_base"] if beaten else None})
+    return out
 
 
 # --------------------------------------------------------------------------- report
@@ -428,15 +472,18 @@ def targets(results: list[dict]) -> dict:
     }
 
 
-def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, out_names: dict) -> list[str]:
+def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, out_names: dict,
+                   fidelity_n: int = 0) -> list[str]:
     plain = {r["steps"]: r for r in results if r["plain"]}
     front = set(pareto_front([(r["seconds_per_image"], r["fd_fmnist"]) for r in results]))
     cond = regime == "cond"
     lines = [f"## {REGIMES[regime].split(':')[0].capitalize()} ({regime})", "", f"{REGIMES[regime]}.", "",
              f"| setting | N | B | images | FD-FMNIST ({results[0]['fd_images']} images) | FD-FMNIST (all) | "
-             f"FD seed blocks | {'class consistency | ' if cond else ''}ms / image | speed-up vs plain same N | "
-             f"base passes / image | Pareto |",
-             "|---|---|---|---|---|---|---|" + ("---|" if cond else "") + "---|---|---|---|"]
+             f"FD seed blocks | {'class consistency | ' if cond else ''}"
+             + (f"FD to the base model's samples ({results[0]['fd_images']} images) | (all) | " if fidelity_n else "")
+             + "ms / image | speed-up vs plain same N | base passes / image | Pareto |",
+             "|---|---|---|---|---|---|---|" + ("---|" if cond else "") + ("---|---|" if fidelity_n else "")
+             + "---|---|---|---|"]
     for i, r in enumerate(results):
         p = plain.get(r["steps"])
         speed = f"{p['seconds_per_image'] / r['seconds_per_image']:.2f}x" if p else "-"
@@ -445,6 +492,8 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
             f"| {r['label']} | {r['steps']} | {r['full_steps']} | {r['images']} | {r['fd_fmnist']:.2f} | "
             f"{'' if r.get('fd_fmnist_all') is None else format(r['fd_fmnist_all'], '.2f')} | {blocks} | "
             + (f"{r['class_consistency'] * 100:.1f} % | " if cond else "")
+            + (f"{r['fd_base']:.2f} | {'' if r.get('fd_base_all') is None else format(r['fd_base_all'], '.2f')} | "
+               if fidelity_n else "")
             + f"{r['seconds_per_image'] * 1e3:.2f} | {speed} | {r['base_passes_per_image']} | "
             f"{'yes' if i in front else ''} |")
     lines += ["", f"![FD-FMNIST vs ms per image, {regime}]({out_names['plot']})", ""]
@@ -482,6 +531,16 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
                      f"{t['full_step_indices']}, each skipped step reusing the last full step's feature): FD "
                      f"{t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} ({t['fd_rel'] * 100:+.1f} %, block noise "
                      f"{noise}): the shortcut is **{t['verdict']}**.")
+    if fidelity_n:
+        floor = plain.get(fidelity_n)
+        lines += ["", f"Fidelity to the base model: FD of each row's images to plain N={fidelity_n}'s own samples, "
+                      f"drawn at seeds no row uses (not a target of the issue; lower = closer to what the base model "
+                      f"samples with every step run; compared below on the {results[0]['fd_images']}-image column)"
+                  + (f". Noise floor: plain N={fidelity_n} itself, {floor['fd_base']:.2f}." if floor else "."), ""]
+        for t in checks.get("fidelity", []):
+            twin = (f"at least as faithful as `{t['as_faithful_as']}` ({t['plain_fd_base']:.2f})"
+                    if t["as_faithful_as"] else "less faithful than every plain row")
+            lines.append(f"- `{t['key']}` ({t['base_passes']} base passes): {t['fd_base']:.2f}, {twin}.")
     grids = [r for r in results if r.get("grid")]
     if grids:
         lines += ["", "Samples (the same seeds in every grid): " + ", ".join(
@@ -591,10 +650,13 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
         bar.update(1, postfix=f"{s.label} {data['seconds'] / args.batch * 1e3:.1f} ms/image")
     bar.close()
 
+    # as many of the base model's own samples as the largest row has
+    base = (base_reference(migm, regime, args, max(wanted.values(), default=args.images), state_dir, classifier, log)
+            if args.fidelity_steps else None)
     results = []
     for s in settings:
         r = summarize(s, regime, load_chunks(state_dir, regime, s, n_chunks[s.key]), classifier, ref, args.images,
-                      blocks=s.key in headline and wanted[s.key] >= 2 * args.batch)
+                      blocks=s.key in headline and wanted[s.key] >= 2 * args.batch, base=base)
         log(f"{regime} {s.label}: FD {r['fd_fmnist']:.3f} (all {r['fd_fmnist_all']}, blocks {r['fd_blocks']}), "
             f"{r['seconds_per_image'] * 1e3:.2f} ms/image")
         results.append(r)
@@ -604,7 +666,10 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
             chunk = dict(np.load(chunk_path(state_dir, regime, s, 0)))
             sample_grid(chunk, regime, args.grid_columns).save(out_dir / f"fmnist_samples_{regime}_{r['key']}.png")
             r["grid"] = True
-    return results, targets(results), costs
+    checks = targets(results)
+    if base is not None:
+        checks["fidelity"] = fidelity(results)
+    return results, checks, costs
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -637,7 +702,8 @@ def main(argv: list[str] | None = None) -> dict:
         plot(results, out_dir / plot_name, f"Fashion-MNIST MaskGIT, {regime}: FD-FMNIST vs sampling time "
                                            f"({args.threads} CPU thread(s), {args.batch} images per call)")
         sections[regime] = regime_section(regime, results, checks, costs,
-                                          {"plot": plot_name, "grid": f"fmnist_samples_{regime}_{{key}}.png"})
+                                          {"plot": plot_name, "grid": f"fmnist_samples_{regime}_{{key}}.png"},
+                                          args.fidelity_steps)
         report["regimes"][regime] = {"results": results, "targets": checks, "step_costs": costs}
         log(f"{regime} targets: same N {checks['target_same_n_met']}, equal passes "
             f"{checks['target_equal_passes_met']}, 2x {checks['target_2x_met']}")
@@ -671,6 +737,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="training-free controls N:B (trailing c: the shortcut file's calibrated placement): the "
                         "same steps skipped, each reusing the last full step's feature instead of the shortcut's")
     p.add_argument("--images", type=int, default=2000, help="images per setting (and the common FD count)")
+    p.add_argument("--fidelity-steps", type=int, default=16,
+                   help="also compare every row with plain sampling at this N, drawn at other seeds (the base "
+                        "model's own samples: how faithfully a setting reproduces them); 0: off")
     p.add_argument("--headline", default="plain_N4,plain_N6,plain_N16,shortcut_N16_B4,shortcut_N24_B6,cache_N16_B4,"
                                           "cache_N24_B6",
                    help="settings that get --headline-images in two seed blocks (the target pairs)")
@@ -686,7 +755,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="where the report goes (docs/results for the published one)")
     p.add_argument("--note", default="", help="a paragraph printed above the tables")
     p.add_argument("--reproduce", default="", help="';;'-separated commands listed under 'Reproduce'")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.fidelity_steps < 0:
+        p.error(f"--fidelity-steps must be a step count >= 1, or 0 for off; got {args.fidelity_steps}")
+    return args
 
 
 if __name__ == "__main__":
