@@ -135,17 +135,25 @@ def test_tiny_sweep_writes_the_report_and_resumes(tmp_path):
 def test_fidelity_ranks_plain_settings_by_their_distance_from_the_base_models_own_samples(tmp_path):
     """FD to plain N=8's samples at other seeds: plain N=8 itself (the noise floor) lands far below plain
     N=1, which reveals every token in one step; a row is matched with the most steps it is as faithful as."""
-    report = main(["--regimes", "uncond", "--plain", "1,8", "--shortcut-settings", "8:2", "--cache-settings", "",
-                   "--images", "100", "--headline", "", "--headline-images", "100", "--batch", "50",
+    report = main(["--regimes", "uncond", "--plain", "1,8", "--shortcut-settings", "8:2", "--cache-settings", "8:2",
+                   "--images", "100", "--headline", "shortcut_N8_B2,cache_N8_B2", "--headline-images", "100",
+                   "--batch", "50",
                    "--cost-repeats", "1", "--grids", "", "--fidelity-steps", "8", "--state-dir", str(tmp_path / "s"),
                    "--out-dir", str(tmp_path / "o")])
     rep = report["regimes"]["uncond"]
     by_key = {r["key"]: r for r in rep["results"]}
     assert by_key["plain_N8"]["fd_base"] < 0.5 * by_key["plain_N1"]["fd_base"], by_key
-    (t,) = rep["targets"]["fidelity"]
+    t, cache = rep["targets"]["fidelity"]
     s = by_key["shortcut_N8_B2"]["fd_base"]
     expected = "plain_N8" if s <= by_key["plain_N8"]["fd_base"] else "plain_N1" if s <= by_key["plain_N1"]["fd_base"] else None
     assert t["key"] == "shortcut_N8_B2" and t["as_faithful_as"] == expected and t["base_passes"] == 2
+    # the shortcut row is judged against its feature-cache twin, with the noise of both rows' seed blocks
+    c = t["vs_cache"]
+    gaps = [abs(a - b) for a, b in (by_key[k]["fd_base_blocks"] for k in ("shortcut_N8_B2", "cache_N8_B2"))]
+    assert c["cache"] == "cache_N8_B2" and c["noise"] == max(gaps) and c["fd_cache"] == by_key["cache_N8_B2"]["fd_base"]
+    assert c["verdict"] == ("better" if c["fd_shortcut"] < c["fd_cache"] - c["noise"] else
+                            "worse" if c["fd_shortcut"] > c["fd_cache"] + c["noise"] else "within the block noise")
+    assert cache["key"] == "cache_N8_B2" and "vs_cache" not in cache
 
 
 def test_fidelity_needs_a_step_count_it_can_sample(tmp_path, capsys):

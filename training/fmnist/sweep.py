@@ -314,8 +314,8 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
     seconds = float(sum(float(c["seconds"]) for c in chunks))
     feats = extract_features(images, classifier)
 
-    def fd(lo: int, hi: int) -> float:
-        return round(frechet_distance_stats(feature_stats(feats[lo:hi]), ref), 4)
+    def fd(lo: int, hi: int, against=ref) -> float:
+        return round(frechet_distance_stats(feature_stats(feats[lo:hi]), against), 4)
 
     half = len(images) // 2
     consistency = None
@@ -329,9 +329,9 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
         "fd_fmnist": fd(0, common), "fd_images": int(min(common, len(images))),
         "fd_fmnist_all": fd(0, len(images)) if len(images) > common else None,
         "fd_blocks": [fd(0, half), fd(half, len(images))] if blocks else None,
-        "fd_base": None if base is None else round(frechet_distance_stats(feature_stats(feats[:common]), base), 4),
-        "fd_base_all": (round(frechet_distance_stats(feature_stats(feats), base), 4)
-                        if base is not None and len(images) > common else None),
+        "fd_base": None if base is None else fd(0, common, base),
+        "fd_base_all": fd(0, len(images), base) if base is not None and len(images) > common else None,
+        "fd_base_blocks": [fd(0, half, base), fd(half, len(images), base)] if blocks and base is not None else None,
         "class_consistency": consistency,
         "seconds_per_image": seconds / len(images),
         "decode_seconds_per_image": float(sum(float(c["decode_seconds"]) for c in chunks)) / len(images),
@@ -364,17 +364,30 @@ def base_reference(migm, regime: str, args, count: int, state_dir: Path, classif
 
 
 def fidelity(results: list[dict]) -> list[dict]:
-    """For each shortcut or cache row: its FD to the base model's own samples, and the plain
-    settings it is at least as faithful as (the one with the most steps first)."""
+    """For each shortcut or cache row: its FD to the base model's own samples, the plain setting
+    with the most steps it is at least as faithful as (common image count), and for a shortcut
+    row with a feature-cache twin the verdict against it (all images, the blocks' noise)."""
+    by_key = {r["key"]: r for r in results}
     plain = sorted((r for r in results if r["plain"] and r.get("fd_base") is not None), key=lambda r: -r["steps"])
     out = []
     for r in results:
         if r["plain"] or r.get("fd_base") is None:
             continue
         beaten = [p for p in plain if p["fd_base"] >= r["fd_base"]]
-        out.append({"key": r["key"], "fd_base": r["fd_base"], "base_passes": r["base_passes_per_image"],
-                    "as_faithful_as": beaten[0]["key"] if beaten else None,
-                    "plain_fd_base": beaten[0]["fd_base"] if beaten else None})
+        t = {"key": r["key"], "fd_base": r["fd_base"], "base_passes": r["base_passes_per_image"],
+             "as_faithful_as": beaten[0]["key"] if beaten else None,
+             "plain_fd_base": beaten[0]["fd_base"] if beaten else None}
+        twin = by_key.get(r["key"].replace("shortcut_", "cache_", 1)) if not r.get("cache") else None
+        if twin is not None:
+            both_all = r.get("fd_base_all") is not None and twin.get("fd_base_all") is not None \
+                and r["images"] == twin["images"]
+            column = "fd_base_all" if both_all else "fd_base"
+            gaps = [abs(x["fd_base_blocks"][0] - x["fd_base_blocks"][1]) for x in (r, twin) if x.get("fd_base_blocks")]
+            pair = {"fd_shortcut": r[column], "fd_plain": twin[column], "noise": max(gaps) if gaps else None}
+            t["vs_cache"] = {"cache": twin["key"], "images": r["images"] if both_all else r["fd_images"],
+                             "fd_shortcut": pair["fd_shortcut"], "fd_cache": pair["fd_plain"],
+                             "noise": pair["noise"], "verdict": verdict(pair)}
+        out.append(t)
     return out
 
 
@@ -540,7 +553,13 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
         for t in checks.get("fidelity", []):
             twin = (f"at least as faithful as `{t['as_faithful_as']}` ({t['plain_fd_base']:.2f})"
                     if t["as_faithful_as"] else "less faithful than every plain row")
-            lines.append(f"- `{t['key']}` ({t['base_passes']} base passes): {t['fd_base']:.2f}, {twin}.")
+            line = f"- `{t['key']}` ({t['base_passes']} base passes): {t['fd_base']:.2f}, {twin}"
+            c = t.get("vs_cache")
+            if c:
+                noise = f"{c['noise']:.2f}" if c["noise"] is not None else "n/a"
+                line += (f"; against `{c['cache']}` on {c['images']} images: {c['fd_shortcut']:.2f} vs "
+                         f"{c['fd_cache']:.2f} (block noise {noise}), the shortcut is **{c['verdict']}**")
+            lines.append(line + ".")
     grids = [r for r in results if r.get("grid")]
     if grids:
         lines += ["", "Samples (the same seeds in every grid): " + ", ".join(
