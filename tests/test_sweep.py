@@ -222,3 +222,8 @@ def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path)
     assert row["placement"] == [0, 2, 4, 8]  # the shipped file's calibrated 16/4
     assert set(row["fd_cache"]) == {"cond", "uncond"} and row["fd_cache"] != row["fd"]
     assert f"{row['fd']['cond']:.2f} ({row['fd_cache']['cond']:.2f})" in out.read_text()
+    # fidelity: every row and the cache also against plain N=16's own samples at other seeds
+    assert set(row["fd_base"]) == set(row["fd_base_cache"]) == {"cond", "uncond"}
+    assert f"{row['fd_base']['uncond']:.2f} ({row['fd_base_cache']['uncond']:.2f})" in out.read_text()
+    floor, few = report["baselines_to_base"]["uncond_N16"], report["baselines_to_base"]["uncond_N4"]
+    assert 0 < floor < few  # plain N=16 lies closer to its own samples than plain N=4 does

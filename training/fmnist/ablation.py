@@ -6,7 +6,10 @@ shortcut step against one full step (head and sampling included), and samples a 
 FD-FMNIST check of shortcut N/B against plain N and plain B in both regimes, with the same
 seeds for every candidate (with the file's calibrated placement for N/B when it has one),
 and against the training-free feature cache at the candidate's own full steps (the control a
-shortcut has to beat). Writes a markdown table (and JSON) for ``docs/results``.
+shortcut has to beat). Each FD is also taken against plain N's own samples at seeds no row
+uses ('to base'): how faithfully the candidate reproduces the base model, which FD against
+the data cannot tell apart from landing near the data by chance. Writes a markdown table
+(and JSON) for ``docs/results``.
 
     python -m training.fmnist.ablation A.safetensors B.safetensors --names a,b --out runs/fmnist/ablation.md
 """
@@ -23,30 +26,39 @@ import torch
 from shortcut_core import FeatureCache, full_step_indices, generate, load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
 from training.fmnist.classifier import load_classifier
-from training.fmnist.fd import fd_fmnist, reference_stats
-from training.fmnist.sweep import DEFAULT_MIGM, REGIMES, regime_classes, step_costs, to_uint8
+from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, reference_stats
+from training.fmnist.sweep import DEFAULT_MIGM, FIDELITY_SEED_OFFSET, REGIMES, regime_classes, step_costs, to_uint8
 
 
 def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, batch: int,
-                  placement: str | None = None) -> tuple[np.ndarray, float]:
-    """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed k,
-    as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one."""
+                  placement: str | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+    """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed
+    ``seed`` + k, as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one."""
     if placement is None:
         placement = "calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper"
     out, seconds = [], 0.0
     for chunk in range(-(-images // batch)):
         r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
-                     shortcut=shortcut if full is not None else None, seed=chunk, placement=placement)
+                     shortcut=shortcut if full is not None else None, seed=seed + chunk, placement=placement)
         out.append(to_uint8(r.images))
         seconds += r.stats.seconds
     return np.concatenate(out)[:images], seconds
 
 
 def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: int, classifier,
-             ref, placement: str | None = None) -> tuple[float, float]:
-    """(FD-FMNIST, sampling ms per image) of ``sample_chunks``' images."""
+             ref, placement: str | None = None, base=None) -> tuple[float, float, float | None]:
+    """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the
+    feature statistics of the base model's own samples (``base_samples``), or None."""
     generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement)
-    return fd_fmnist(generated, classifier, ref), seconds / images * 1e3
+    feats = extract_features(generated, classifier)
+    fd_base = None if base is None else frechet_distance_stats(feature_stats(feats), base)
+    return frechet_distance_stats(feature_stats(feats), ref), seconds / images * 1e3, fd_base
+
+
+def base_samples(migm, regime: str, steps: int, images: int, batch: int, classifier):
+    """Feature statistics of plain N=``steps`` samples at seeds no row uses (the sweep's fidelity reference)."""
+    generated, _ = sample_chunks(migm, None, regime, steps, None, images, batch, seed=FIDELITY_SEED_OFFSET)
+    return feature_stats(extract_features(generated, classifier))
 
 
 def describe(shortcut) -> dict:
@@ -84,26 +96,31 @@ def main(argv: list[str] | None = None) -> dict:
     classifier = load_classifier()
     ref = reference_stats(classifier)
     n, b = args.steps, args.full_steps
+    base = {regime: base_samples(migm, regime, n, args.images, args.batch, classifier) for regime in REGIMES}
     baselines = {}
     for regime in REGIMES:
         for steps in (n, b):
             baselines[(regime, steps)] = quick_fd(migm, None, regime, steps, None, args.images, args.batch,
-                                                  classifier, ref)
-            print(f"plain N={steps} {regime}: FD {baselines[(regime, steps)][0]:.2f}", flush=True)
+                                                  classifier, ref, base=base[regime])
+            print(f"plain N={steps} {regime}: FD {baselines[(regime, steps)][0]:.2f}, to the base model's own "
+                  f"samples {baselines[(regime, steps)][2]:.2f}", flush=True)
     rows, cache_fds = [], {}
     for name, path in zip(names, args.shortcuts):
         shortcut = load_shortcut(path, migm)
         row = {"name": name, "file": str(path), **describe(shortcut)}
         row["placement"] = calibrated_indices(shortcut, n, b) or "paper"
         row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
-        row["fd"] = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref)[0]
-                     for regime in REGIMES}
+        scores = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref,
+                                   base=base[regime]) for regime in REGIMES}
+        row["fd"] = {regime: v[0] for regime, v in scores.items()}
+        row["fd_base"] = {regime: v[2] for regime, v in scores.items()}
         full = tuple(full_step_indices(n, b) if row["placement"] == "paper" else row["placement"])
         for regime in REGIMES:  # the same full steps with each skipped step reusing the last full step's feature
             if (regime, full) not in cache_fds:
                 cache_fds[(regime, full)] = quick_fd(migm, FeatureCache(), regime, n, list(full), args.images,
-                                                     args.batch, classifier, ref, placement="paper")[0]
-        row["fd_cache"] = {regime: cache_fds[(regime, full)] for regime in REGIMES}
+                                                     args.batch, classifier, ref, placement="paper", base=base[regime])
+        row["fd_cache"] = {regime: cache_fds[(regime, full)][0] for regime in REGIMES}
+        row["fd_base_cache"] = {regime: cache_fds[(regime, full)][2] for regime in REGIMES}
         print(json.dumps(row), flush=True)
         rows.append(row)
     chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)
@@ -111,12 +128,16 @@ def main(argv: list[str] | None = None) -> dict:
              f"{args.images} images is biased upwards: compare rows of this table only); 'cache': the feature "
              f"cache (no shortcut) at the row's full steps. Plain N={n}: FD "
              f"{baselines[('cond', n)][0]:.2f} (cond) / {baselines[('uncond', n)][0]:.2f} (uncond); plain N={b}: "
-             f"{baselines[('cond', b)][0]:.2f} / {baselines[('uncond', b)][0]:.2f}.", "",
+             f"{baselines[('cond', b)][0]:.2f} / {baselines[('uncond', b)][0]:.2f}. 'to base': FD to {args.images} "
+             f"plain N={n} samples at other seeds (the base model's own; lower = more faithful): plain N={n} itself "
+             f"{baselines[('cond', n)][2]:.2f} / {baselines[('uncond', n)][2]:.2f} (the noise floor), plain N={b} "
+             f"{baselines[('cond', b)][2]:.2f} / {baselines[('uncond', b)][2]:.2f}.", "",
              "| candidate | params | width x blocks | iters | rollout | input noise | cos weight | placement | "
              "val MSE ratio, "
              "1 step | " + " | ".join(f"after {k} chained" for k in chain_depths) +
-             f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond (cache) | FD {n}/{b} uncond (cache) |",
-             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|"]
+             f" | full step / shortcut step (cond, uncond) | FD {n}/{b} cond (cache) | FD {n}/{b} uncond (cache) | "
+             f"to base cond (cache) | to base uncond (cache) |",
+             "|---|---|---|---|---|---|---|---|---|" + "---|" * len(chain_depths) + "---|---|---|---|---|"]
     for r in rows:
         single = f"{r['val_single']:.3f}" if r["val_single"] is not None else "-"
         chains = " | ".join(f"{r['val_chain'][k]:.3f}" if k in r["val_chain"] else "-" for k in chain_depths)
@@ -125,11 +146,14 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{r['placement'] if r['placement'] == 'paper' else ','.join(map(str, r['placement']))} | "
                      f"{single} | {chains} | "
                      f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} "
-                     f"({r['fd_cache']['cond']:.2f}) | {r['fd']['uncond']:.2f} ({r['fd_cache']['uncond']:.2f}) |")
+                     f"({r['fd_cache']['cond']:.2f}) | {r['fd']['uncond']:.2f} ({r['fd_cache']['uncond']:.2f}) | "
+                     f"{r['fd_base']['cond']:.2f} ({r['fd_base_cache']['cond']:.2f}) | "
+                     f"{r['fd_base']['uncond']:.2f} ({r['fd_base_cache']['uncond']:.2f}) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     report = {"rows": rows, "baselines": {f"{k[0]}_N{k[1]}": v[0] for k, v in baselines.items()},
+              "baselines_to_base": {f"{k[0]}_N{k[1]}": v[2] for k, v in baselines.items()},
               "settings": vars(args)}
     out.with_suffix(".json").write_text(json.dumps(report, indent=1))
     print("\n".join(lines))
