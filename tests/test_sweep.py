@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from shortcut_core import load_migm, load_shortcut, save_shortcut
-from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, Setting, main, pareto_front, parse_settings, regime_classes, targets
+from training.fmnist.sweep import (DEFAULT_MIGM, DEFAULT_SHORTCUT, Setting, fidelity, main, pareto_front,
+                                   parse_settings, regime_classes, targets)
 
 
 def row(key, steps, full, fd, ms, blocks=None, fd_all=None):
@@ -150,10 +151,25 @@ def test_fidelity_ranks_plain_settings_by_their_distance_from_the_base_models_ow
     # the shortcut row is judged against its feature-cache twin, with the noise of both rows' seed blocks
     c = t["vs_cache"]
     gaps = [abs(a - b) for a, b in (by_key[k]["fd_base_blocks"] for k in ("shortcut_N8_B2", "cache_N8_B2"))]
-    assert c["cache"] == "cache_N8_B2" and c["noise"] == max(gaps) and c["fd_cache"] == by_key["cache_N8_B2"]["fd_base"]
-    assert c["verdict"] == ("better" if c["fd_shortcut"] < c["fd_cache"] - c["noise"] else
-                            "worse" if c["fd_shortcut"] > c["fd_cache"] + c["noise"] else "within the block noise")
+    assert c["other"] == "cache_N8_B2" and c["noise"] == max(gaps) and c["fd_other"] == by_key["cache_N8_B2"]["fd_base"]
+    assert c["verdict"] == ("better" if c["fd"] < c["fd_other"] - c["noise"] else
+                            "worse" if c["fd"] > c["fd_other"] + c["noise"] else "within the block noise")
+    assert "vs_paper" not in t  # a paper-placement row has no paper twin
     assert cache["key"] == "cache_N8_B2" and "vs_cache" not in cache
+
+
+def test_fidelity_judges_a_calibrated_row_against_the_paper_placement():
+    def r(key, fd_all, blocks, cache=False):
+        return {"key": key, "plain": False, "cache": cache, "images": 5000, "fd_images": 1000, "fd_base": fd_all + 3,
+                "fd_base_all": fd_all, "fd_base_blocks": blocks, "base_passes_per_image": 4}
+    rows = [r("shortcut_N16_B4", 9.0, [9.0, 10.3]), r("shortcut_N16_B4_cal", 7.0, [7.6, 7.9]),
+            r("cache_N16_B4_cal", 25.6, [25.0, 25.5], cache=True)]
+    out = {t["key"]: t for t in fidelity(rows)}
+    paper = out["shortcut_N16_B4_cal"]["vs_paper"]
+    assert paper["other"] == "shortcut_N16_B4" and paper["images"] == 5000 and paper["noise"] == pytest.approx(1.3)
+    assert (paper["fd"], paper["fd_other"], paper["verdict"]) == (7.0, 9.0, "better")  # 2.0 apart, noise 1.3
+    assert out["shortcut_N16_B4_cal"]["vs_cache"]["verdict"] == "better"
+    assert "vs_paper" not in out["shortcut_N16_B4"] and "vs_cache" not in out["shortcut_N16_B4"]
 
 
 def test_fidelity_needs_a_step_count_it_can_sample(tmp_path, capsys):

@@ -363,10 +363,23 @@ def base_reference(migm, regime: str, args, count: int, state_dir: Path, classif
     return feature_stats(extract_features(images, classifier))
 
 
+def fidelity_pair(r: dict, other: dict) -> dict:
+    """``r`` against ``other`` by FD to the base model's own samples: on all images when both have the
+    same count, else the common count; the noise is the larger gap between either row's seed blocks."""
+    both_all = r.get("fd_base_all") is not None and other.get("fd_base_all") is not None \
+        and r["images"] == other["images"]
+    column = "fd_base_all" if both_all else "fd_base"
+    gaps = [abs(x["fd_base_blocks"][0] - x["fd_base_blocks"][1]) for x in (r, other) if x.get("fd_base_blocks")]
+    pair = {"fd_shortcut": r[column], "fd_plain": other[column], "noise": max(gaps) if gaps else None}
+    return {"other": other["key"], "images": r["images"] if both_all else r["fd_images"], "fd": pair["fd_shortcut"],
+            "fd_other": pair["fd_plain"], "noise": pair["noise"], "verdict": verdict(pair)}
+
+
 def fidelity(results: list[dict]) -> list[dict]:
     """For each shortcut or cache row: its FD to the base model's own samples, the plain setting
     with the most steps it is at least as faithful as (common image count), and for a shortcut
-    row with a feature-cache twin the verdict against it (all images, the blocks' noise)."""
+    row the verdict against its feature-cache twin (``vs_cache``) and, for a calibrated row,
+    against the paper placement (``vs_paper``)."""
     by_key = {r["key"]: r for r in results}
     plain = sorted((r for r in results if r["plain"] and r.get("fd_base") is not None), key=lambda r: -r["steps"])
     out = []
@@ -377,16 +390,13 @@ def fidelity(results: list[dict]) -> list[dict]:
         t = {"key": r["key"], "fd_base": r["fd_base"], "base_passes": r["base_passes_per_image"],
              "as_faithful_as": beaten[0]["key"] if beaten else None,
              "plain_fd_base": beaten[0]["fd_base"] if beaten else None}
-        twin = by_key.get(r["key"].replace("shortcut_", "cache_", 1)) if not r.get("cache") else None
-        if twin is not None:
-            both_all = r.get("fd_base_all") is not None and twin.get("fd_base_all") is not None \
-                and r["images"] == twin["images"]
-            column = "fd_base_all" if both_all else "fd_base"
-            gaps = [abs(x["fd_base_blocks"][0] - x["fd_base_blocks"][1]) for x in (r, twin) if x.get("fd_base_blocks")]
-            pair = {"fd_shortcut": r[column], "fd_plain": twin[column], "noise": max(gaps) if gaps else None}
-            t["vs_cache"] = {"cache": twin["key"], "images": r["images"] if both_all else r["fd_images"],
-                             "fd_shortcut": pair["fd_shortcut"], "fd_cache": pair["fd_plain"],
-                             "noise": pair["noise"], "verdict": verdict(pair)}
+        if not r.get("cache"):
+            twin = by_key.get(r["key"].replace("shortcut_", "cache_", 1))
+            paper = by_key.get(r["key"].removesuffix("_cal")) if r["key"].endswith("_cal") else None
+            if twin is not None:
+                t["vs_cache"] = fidelity_pair(r, twin)
+            if paper is not None:
+                t["vs_paper"] = fidelity_pair(r, paper)
         out.append(t)
     return out
 
@@ -554,11 +564,12 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
             twin = (f"at least as faithful as `{t['as_faithful_as']}` ({t['plain_fd_base']:.2f})"
                     if t["as_faithful_as"] else "less faithful than every plain row")
             line = f"- `{t['key']}` ({t['base_passes']} base passes): {t['fd_base']:.2f}, {twin}"
-            c = t.get("vs_cache")
-            if c:
-                noise = f"{c['noise']:.2f}" if c["noise"] is not None else "n/a"
-                line += (f"; against `{c['cache']}` on {c['images']} images: {c['fd_shortcut']:.2f} vs "
-                         f"{c['fd_cache']:.2f} (block noise {noise}), the shortcut is **{c['verdict']}**")
+            for name, what in (("vs_cache", "the shortcut"), ("vs_paper", "the calibrated placement")):
+                c = t.get(name)
+                if c:
+                    noise = f"{c['noise']:.2f}" if c["noise"] is not None else "n/a"
+                    line += (f"; against `{c['other']}` on {c['images']} images: {c['fd']:.2f} vs "
+                             f"{c['fd_other']:.2f} (block noise {noise}), {what} is **{c['verdict']}**")
             lines.append(line + ".")
     grids = [r for r in results if r.get("grid")]
     if grids:
