@@ -227,8 +227,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"the project ran {passes} base passes at B={b}, expected {b * per_step}")
         return res.stats.seconds
 
-    variants = {"reference": lambda b, s: run_reference(b, s),
-                "project": lambda b, s: run_project(b, s, computed=False)}
+    variants = {"reference": run_reference, "project": lambda b, s: run_project(b, s, computed=False)}
     if not args.no_computed:
         variants["project (computed)"] = lambda b, s: run_project(b, s, computed=True)
     for b in budgets:  # warm-up: allocator, first-touch, and step 0 of this class into the memo

@@ -50,9 +50,9 @@ def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: 
     """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the
     feature statistics of the base model's own samples (``base_samples``), or None."""
     generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement)
-    feats = extract_features(generated, classifier)
-    fd_base = None if base is None else frechet_distance_stats(feature_stats(feats), base)
-    return frechet_distance_stats(feature_stats(feats), ref), seconds / images * 1e3, fd_base
+    stats = feature_stats(extract_features(generated, classifier))
+    fd_base = None if base is None else frechet_distance_stats(stats, base)
+    return frechet_distance_stats(stats, ref), seconds / images * 1e3, fd_base
 
 
 def base_samples(migm, regime: str, steps: int, images: int, batch: int, classifier):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import shlex
 import sys
@@ -314,8 +315,12 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
     seconds = float(sum(float(c["seconds"]) for c in chunks))
     feats = extract_features(images, classifier)
 
+    @functools.cache  # each slice is scored against the data and against the base model's samples
+    def stats(lo: int, hi: int):
+        return feature_stats(feats[lo:hi])
+
     def fd(lo: int, hi: int, against=ref) -> float:
-        return round(frechet_distance_stats(feature_stats(feats[lo:hi]), against), 4)
+        return round(frechet_distance_stats(stats(lo, hi), against), 4)
 
     half = len(images) // 2
     consistency = None
