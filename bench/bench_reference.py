@@ -25,6 +25,12 @@ What it does, in one process:
    from memory once a class has been seen); ``project (computed)`` computes step 0 in
    every run as the reference does.
 
+``--dtypes float32,bfloat16`` adds this project in bf16 (``load_migm(..., dtype="bf16")``,
+the same files) and, as its like-for-like opponent, the reference under
+``torch.autocast("cpu", dtype=torch.bfloat16)``: the reference's own autocast is CUDA-only,
+so on a CPU it runs fp32 unless a user wraps it so. bf16 is checked against the reference's
+fp32 features by relative error (bf16 keeps about 3 significant digits), not by 1e-3.
+
 The sampling randomness differs (the reference draws from numpy and torch's global
 generators), so the two sides sample different images; the amount of work per step is the
 same by construction (same schedule, same full steps).
@@ -127,8 +133,9 @@ def cpu_events():
         torch.cuda.Event, torch.cuda.synchronize = saved
 
 
-def build_pair(args, reference_classes, workdir: Path):
-    """The reference's models and this project's, loaded from the same published-format files."""
+def build_pair(args, reference_classes, workdir: Path, dtypes=("float32",)):
+    """The reference's models and this project's in each of ``dtypes`` ({dtype: (migm, shortcut)}),
+    loaded from the same published-format files."""
     import torch
 
     from shortcut_core import MASKGIT_PRESETS, load_migm, load_shortcut
@@ -142,17 +149,30 @@ def build_pair(args, reference_classes, workdir: Path):
     torch.save({"model_state_dict": vit.state_dict(), "iter": 0, "global_epoch": 0}, workdir / "MaskGIT.pth")
     torch.save(ref_shortcut.state_dict(), workdir / "shortcut.pth")
     config = replace(MASKGIT_PRESETS["maskgit-imagenet512"], grid=args.grid)  # a bare pickle does not say its heads
-    migm = load_migm(workdir / "MaskGIT.pth", name=f"maskgit-random-grid{args.grid}", config=config)
-    shortcut = load_shortcut(workdir / "shortcut.pth", migm)
+    ours = {}
+    for dtype in dtypes:
+        migm = load_migm(workdir / "MaskGIT.pth", name=f"maskgit-random-grid{args.grid}", config=config,
+                         dtype=getattr(torch, dtype))
+        ours[dtype] = migm, load_shortcut(workdir / "shortcut.pth", migm)
 
     ref = trainer_cls.__new__(trainer_cls)  # its __init__ loads a VQGAN and data: sampling needs none of it
     ref.args = argparse.Namespace(device=torch.device("cpu"), mask_value=1024)
     ref.vit, ref.ae, ref.patch_size, ref.codebook_size = vit, TokensOnly(), args.grid, 1024
-    return ref, ref_shortcut, migm, shortcut
+    return ref, ref_shortcut, ours
 
 
-def check_same_computation(ref_vit, ref_shortcut, migm, shortcut, grid: int) -> float:
-    """Largest feature difference between the two sides (base forward, then one shortcut step)."""
+# --dtypes names -> the tag of their variants ("" for the reference's own CPU precision)
+PRECISIONS = {"float32": "", "bfloat16": "bf16"}
+
+# Largest relative feature error (norm of the difference / norm of the reference's feature)
+# a bf16 copy may show: bf16 rounds each value to about 3 significant digits, which over 24
+# layers gives about 1e-2; a wrong computation gives order 1.
+BF16_RELATIVE_ERROR = 0.05
+
+
+def check_same_computation(ref_vit, ref_shortcut, migm, shortcut, grid: int) -> tuple[float, float]:
+    """(largest absolute, largest relative) feature difference between the two sides (base forward,
+    then one shortcut step, both fed the reference's fp32 feature); refuses to go on when they differ."""
     import torch
 
     g = torch.Generator().manual_seed(1)
@@ -161,20 +181,29 @@ def check_same_computation(ref_vit, ref_shortcut, migm, shortcut, grid: int) -> 
     drop = torch.tensor([False, True])
     with torch.no_grad():
         _, ref_feat = ref_vit(tokens, labels, drop, ret_last_feat=True)
-        ours = migm.model.features(tokens.flatten(1), torch.tensor([3, migm.model.config.null_class]))
-        worst = (ref_feat - ours).abs().max().item()
+        ours = migm.model.features(tokens.flatten(1), torch.tensor([3, migm.model.config.null_class])).float()
+        pairs = [(ref_feat, ours)]
         new_map = torch.zeros(2, grid * grid + 1, dtype=torch.bool)
         new_map[:, torch.randperm(grid * grid, generator=g)[:7]] = True
         new_ids = torch.randint(0, 1024, (2, 7), generator=g)
         positions = new_map.nonzero()[:, 1].view(2, 7)
         ratio = torch.tensor([0.5, 0.5])
         ref_next = ref_shortcut(ref_feat, new_ids, new_map, ratio)
-        our_next = shortcut(ref_feat, new_ids, positions, ratio)
-        worst = max(worst, (ref_next - our_next).abs().max().item())
-    if worst > 1e-3:
-        raise SystemExit(f"the two sides do not compute the same features (max difference {worst:.3g}); "
-                         f"timing them against each other would mean nothing")
-    return worst
+        pairs.append((ref_next, shortcut(ref_feat.to(migm.dtype), new_ids, positions, ratio).float()))
+    return feature_agreement(pairs, migm.dtype)
+
+
+def feature_agreement(pairs, dtype) -> tuple[float, float]:
+    """(largest absolute, largest relative) difference of (reference, ours) feature pairs; exits when
+    they differ by more than ``dtype``'s rounding explains."""
+    import torch
+
+    worst = max((a - b).abs().max().item() for a, b in pairs)
+    relative = max(((a - b).norm() / a.norm()).item() for a, b in pairs)
+    if (dtype == torch.float32 and worst > 1e-3) or relative > BF16_RELATIVE_ERROR:
+        raise SystemExit(f"the two sides do not compute the same features in {dtype} (max difference "
+                         f"{worst:.3g}, relative {relative:.3g}); timing them against each other would mean nothing")
+    return worst, relative
 
 
 def main(argv=None) -> int:
@@ -185,9 +214,16 @@ def main(argv=None) -> int:
     p.add_argument("--full-steps", default="12,9", help="comma list of B (B = N: plain sampling)")
     p.add_argument("--repeats", type=int, default=5, help="rounds; medians are reported")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-computed", action="store_true", help="leave out the 'project (computed)' variant")
+    p.add_argument("--no-computed", action="store_true", help="leave out the 'project (computed)' variants")
+    p.add_argument("--dtypes", default="float32",
+                   help="comma list of float32, bfloat16: this project's precisions; bfloat16 also adds the "
+                        "reference under CPU autocast bf16 (above)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
+    dtypes = args.dtypes.split(",")
+    unknown = sorted(set(dtypes) - set(PRECISIONS))
+    if unknown or not dtypes:
+        p.error(f"--dtypes takes a comma list of {', '.join(PRECISIONS)}, got {args.dtypes!r}")
 
     import numpy as np
     import torch
@@ -197,27 +233,31 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     budgets = [int(x) for x in args.full_steps.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        ref, ref_shortcut, migm, shortcut = build_pair(args, import_reference(args.reference.resolve()), Path(tmp))
-    diff = check_same_computation(ref.vit, ref_shortcut, migm, shortcut, args.grid)
-    print(f"same weights, same computation: largest feature difference {diff:.2e}", flush=True)
+        ref, ref_shortcut, ours = build_pair(args, import_reference(args.reference.resolve()), Path(tmp), dtypes)
+    checks = {}
+    for dtype, (migm, shortcut) in ours.items():
+        checks[dtype] = check_same_computation(ref.vit, ref_shortcut, migm, shortcut, args.grid)
+        print(f"same weights, same computation ({dtype}): largest feature difference {checks[dtype][0]:.2e}, "
+              f"relative {checks[dtype][1]:.2e}", flush=True)
 
     label = 3
     labels = torch.tensor([label])
-    batched = migm.batched_features
 
-    def run_reference(b: int, seed: int) -> float:
+    def run_reference(b: int, seed: int, autocast: bool) -> float:
         torch.manual_seed(seed)
         np.random.seed(seed)
         start = time.perf_counter()
-        with cpu_events():
+        precision = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+        with cpu_events(), precision:
             ref.sample_shortcut(nb_sample=1, labels=labels, sm_temp=1, w=2.8, randomize="linear", r_temp=7,
                                 sched_mode="arccos", step=args.steps, use_shortcut=b < args.steps,
                                 shortcut_model=ref_shortcut, budget=b)
         return time.perf_counter() - start
 
-    def run_project(b: int, seed: int, computed: bool) -> float:
+    def run_project(b: int, seed: int, dtype: str, computed: bool) -> float:
+        migm, shortcut = ours[dtype]
         if computed:
-            migm.base_features = batched
+            migm.base_features = migm.batched_features
         else:
             migm.__dict__.pop("base_features", None)
         res = generate(migm, [label], steps=args.steps, full_steps=b, shortcut=shortcut if b < args.steps else None,
@@ -227,38 +267,49 @@ def main(argv=None) -> int:
             raise SystemExit(f"the project ran {passes} base passes at B={b}, expected {b * per_step}")
         return res.stats.seconds
 
-    variants = {"reference": run_reference, "project": lambda b, s: run_project(b, s, computed=False)}
-    if not args.no_computed:
-        variants["project (computed)"] = lambda b, s: run_project(b, s, computed=True)
+    # name -> (run, the reference variant of the same precision: its like-for-like opponent)
+    variants = {}
+    for dtype in dtypes:
+        tag = PRECISIONS[dtype]
+        opponent = f"reference{tag and f' ({tag} autocast)'}"
+        variants[opponent] = (lambda b, s, a=bool(tag): run_reference(b, s, a)), opponent
+        variants[f"project{tag and ' ' + tag}"] = (lambda b, s, d=dtype: run_project(b, s, d, False)), opponent
+        if not args.no_computed:
+            variants[f"project{tag and ' ' + tag} (computed)"] = (
+                lambda b, s, d=dtype: run_project(b, s, d, True)), opponent
     for b in budgets:  # warm-up: allocator, first-touch, and step 0 of this class into the memo
-        for run in variants.values():
+        for run, _ in variants.values():
             run(b, 99)
     times = {(v, b): [] for v in variants for b in budgets}
     for rep in range(args.repeats):
         for b in budgets:
-            for name, run in variants.items():
+            for name, (run, _) in variants.items():
                 times[name, b].append(run(b, rep))
                 print(f"  round {rep + 1}: {name} B={b}: {times[name, b][-1]:.2f} s", flush=True)
 
     print(f"\nIn one process, alternating run by run, {args.repeats} rounds, medians; {args.grid}x{args.grid} tokens, "
-          f"N={args.steps}, guidance 2.8, batch 1, cpu float32, {args.threads} threads")
-    print(f"{'variant':<20}{'setting':<16}{'s/image':>9}{'reference / it':>16}  seconds of each round "
-          f"(reference / it, round by round)")
+          f"N={args.steps}, guidance 2.8, batch 1, cpu, {args.threads} threads")
+    first = next(iter(variants))  # the reference as it runs on a CPU when float32 is listed first
+    print(f"{'variant':<32}{'setting':<16}{'s/image':>9}{f'{first} / it':>{max(16, len(first) + 7)}}"
+          f"{'same-precision reference / it':>31}  seconds of each round (same-precision ratio, round by round)")
     rows = []
     for b in budgets:
-        ref_median = statistics.median(times["reference", b])
-        for name in variants:
+        for name, (_, opponent) in variants.items():
             median = statistics.median(times[name, b])
             setting = "plain" if b == args.steps else f"shortcut B={b}"
-            # the run right before it in the same round is the reference's: the ratio a drifting machine spoils least
-            per_round = [r / t for r, t in zip(times["reference", b], times[name, b])]
+            # the run right before it in the same round is its opponent's: the ratio a drifting machine spoils least
+            per_round = [r / t for r, t in zip(times[opponent, b], times[name, b])]
+            vs_first = statistics.median(times[first, b]) / median
+            vs_opponent = statistics.median(times[opponent, b]) / median
             rows.append({"variant": name, "B": b, "seconds": median, "all_seconds": times[name, b],
-                         "speed_vs_reference": ref_median / median, "round_ratios": per_round})
-            print(f"{name:<20}{setting:<16}{median:>9.3f}{ref_median / median:>15.2f}x  "
-                  + " ".join(f"{t:.2f}" for t in times[name, b])
+                         "opponent": opponent, "speed_vs_opponent": vs_opponent, "round_ratios": per_round,
+                         "first": first, "speed_vs_first": vs_first})
+            print(f"{name:<32}{setting:<16}{median:>9.3f}{vs_first:>{max(16, len(first) + 7) - 1}.2f}x"
+                  f"{vs_opponent:>30.2f}x  " + " ".join(f"{t:.2f}" for t in times[name, b])
                   + "  (" + " ".join(f"{x:.2f}" for x in per_round) + ")")
     if args.json:
-        write_json(args.json, args, [{"max_feature_difference": diff}, *rows])
+        write_json(args.json, args, [{"feature_check": {d: {"max_difference": a, "relative": r}
+                                                         for d, (a, r) in checks.items()}}, *rows])
     return 0
 
 

@@ -62,3 +62,23 @@ def test_a_folder_without_the_reference_is_refused_by_name(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     assert "Network/transformer.py not found: pass --reference the MaskGIT-Shortcut folder" in proc.stderr
+
+
+def test_feature_agreement_allows_bf16_rounding_but_not_a_different_computation():
+    import pytest
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_reference import feature_agreement
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(2, 257, 768, generator=g)
+    rounded = ref.to(torch.bfloat16).float()  # what a bf16 copy of the same computation gives, at best
+    worst, relative = feature_agreement([(ref, rounded)], torch.bfloat16)
+    assert 0 < relative < 0.01 and worst > 1e-3
+    with pytest.raises(SystemExit, match="max difference"):
+        feature_agreement([(ref, rounded)], torch.float32)  # fp32 must agree to 1e-3
+    assert feature_agreement([(ref, ref + 1e-5)], torch.float32)[0] == pytest.approx(1e-5, rel=0.1)
+    other = torch.randn(2, 257, 768, generator=g)  # another computation altogether
+    with pytest.raises(SystemExit, match="relative"):
+        feature_agreement([(ref, rounded), (ref, other)], torch.bfloat16)

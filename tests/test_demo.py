@@ -42,3 +42,11 @@ def test_demo_refuses_bad_arguments_before_any_work(tmp_path):
     assert "--full-steps must be at least 1 and below --steps (8), got 20" in done.stderr
     assert done.stdout == ""  # nothing loaded or sampled
     assert not (tmp_path / "out").exists()
+
+
+def test_demo_runs_in_bf16(tmp_path):
+    done = run_demo("--steps", "4", "--full-steps", "1", "--per-class", "1", "--show", "1", "--dtype", "bf16",
+                    "--out", str(tmp_path / "grid.png"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "torch.bfloat16" in done.stdout.splitlines()[0]
+    assert "unconditional: shortcut" in done.stdout and (tmp_path / "grid.png").is_file()

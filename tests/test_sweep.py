@@ -243,3 +243,25 @@ def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path)
     assert f"{row['fd_base']['uncond']:.2f} ({row['fd_base_cache']['uncond']:.2f})" in out.read_text()
     floor, few = report["baselines_to_base"]["uncond_N16"], report["baselines_to_base"]["uncond_N4"]
     assert 0 < floor < few  # plain N=16 lies closer to its own samples than plain N=4 does
+
+
+def test_bf16_rows_are_made_apart_and_judged_against_the_published_fp32_model(tmp_path):
+    state = tmp_path / "state"
+    args = ["--regimes", "uncond", "--plain", "2", "--shortcut-settings", "4:1", "--cache-settings", "",
+            "--images", "20", "--headline", "", "--batch", "20", "--cost-repeats", "1", "--grids", "",
+            "--fidelity-steps", "2", "--state-dir", str(state), "--out-dir", str(tmp_path / "out")]
+    main(args)
+    chunks = sorted(state.glob("uncond/*/chunk_*.npz"))
+    reference = [p for p in chunks if p.parent.name == "base_reference_N2"]
+    rows = [p for p in chunks if p not in reference]
+    assert len(rows) == 2 and len(reference) == 1
+    before = {p: p.stat().st_mtime_ns for p in rows + reference}
+    report = main([*args, "--dtype", "bf16"])
+    # every row redone in bf16; the fidelity reference is the published fp32 model's, kept as it was
+    assert all(p.stat().st_mtime_ns > max(before.values()) for p in rows)
+    assert all(p.stat().st_mtime_ns == before[p] for p in reference)
+    assert json.loads((state / "uncond" / "plain_N2" / "made_by.json").read_text())["dtype"] == "bf16"
+    assert report["regimes"]["uncond"]["step_costs"]["measured_on"]["dtype"] == "bf16"
+    assert report["meta"]["dtype"] == "bf16"
+    assert "in bf16 (the fidelity reference in fp32)" in (tmp_path / "out" / "fmnist_sweep.md").read_text()
+    assert all(r["fd_base"] > 0 for r in report["regimes"]["uncond"]["results"])

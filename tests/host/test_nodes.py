@@ -399,6 +399,18 @@ def test_off_is_exactly_plain(comfy, models):
     assert any(not np.array_equal(a, b) for a, b in zip(reference, images_of(comfy, fast)))
 
 
+def test_bf16_on_the_cpu_samples_through_the_nodes(comfy, models):
+    """The loader's bf16 choice on a CPU (fast where it has bf16 matrix units): base model and shortcut
+    in bf16, the decoder in fp32; a shortcut run with real images and the usual report."""
+    graph = generate_graph(prefix="bf16", classes="0,2", batch_size=2, seed=7, steps=10, full_steps=4)
+    graph["1"]["inputs"]["dtype"] = "bf16"
+    entry = comfy.run(graph, timeout=120)
+    images = images_of(comfy, entry)
+    assert len(images) == 4 and all(im.shape == (TINY_SIZE, TINY_SIZE, 3) and im.std() > 0 for im in images)
+    assert re.match(r"full 4/10, shortcut 6, " + passes_pattern(4, 10), report_of(entry))
+    assert re.search(r"MIGM-Shortcut: loading \S*tiny_maskgit\.safetensors on cpu \(bf16\)", comfy.log_text())
+
+
 def test_calibrated_placement_is_a_choice_of_the_sampler(comfy, models):
     settings = dict(classes="0,2", seed=3, steps=8, full_steps=3)
     calibrated = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="calibrated", prefix="cal", **settings),

@@ -20,6 +20,13 @@ core each); a last run with the full lists reuses every chunk and writes the rep
     python -m training.fmnist.sweep --threads 2 --out-dir docs/results # ... written where the README links them
     python -m training.fmnist.sweep --images 500 --headline-images 1000 --state-dir runs/try
 
+``--dtype bf16`` samples every row with the base model and shortcut in bf16 (fast on CPUs
+with native bf16 matrix units, e.g. Intel AMX); the fidelity reference stays the model as
+published (fp32), so "to base" then also measures what the lower precision costs. Give it
+its own ``--state-dir`` (rows made in another precision are redone, never mixed); the
+fp32 ``base_reference_N*`` folders may be copied into it, they are reused when their model,
+batch and seed match.
+
 Writes ``fmnist_sweep.md`` (tables and target checks for both regimes), ``fmnist_sweep.json``,
 ``fmnist_sweep_{regime}.png`` (FD-FMNIST vs ms/image, Pareto front marked) and sample grids
 into ``--out-dir`` (default under the git-ignored ``runs/``).
@@ -346,7 +353,8 @@ def summarize(setting: Setting, regime: str, chunks: list[dict], classifier, ref
 
 
 def base_reference(migm, regime: str, args, count: int, state_dir: Path, classifier, log):
-    """Feature statistics of ``count`` plain N=``args.fidelity_steps`` samples at seeds no row uses.
+    """Feature statistics of ``count`` plain N=``args.fidelity_steps`` samples at seeds no row uses,
+    sampled by ``migm`` as published (fp32).
 
     FD against them measures how faithfully a setting reproduces what the base model itself
     samples with every step run; the plain row of the same N, seen through its own seeds,
@@ -589,7 +597,8 @@ def write_markdown(path: Path, sections: dict, meta: dict) -> None:
         "",
         f"Base model `{meta['migm']}` ({meta['base_params']:,} parameters), shortcut `{meta['shortcut']}` "
         f"({meta['shortcut_params']:,} parameters). Sampling settings: the model's own ({meta['options']}). "
-        f"Same seeds for every setting; {meta['threads']} CPU thread(s), {meta['batch']} images per call, all "
+        f"Same seeds for every setting; {meta['threads']} CPU thread(s), {meta['batch']} images per call, "
+        f"{PRECISION_NAMES[meta.get('dtype', 'fp32')]}, all "
         f"settings interleaved chunk by chunk. FD-FMNIST: Frechet distance of the shipped classifier's 128-d "
         f"features against the 10,000 test images (lower is better; non-standard, not comparable with FID). FD is "
         f"biased upwards by small samples, so one column uses the same count (the first images, same seeds) in "
@@ -650,8 +659,20 @@ def sample_grid(chunk: dict, regime: str, columns: int) -> Image.Image:
     return image_grid(images[:10 * columns], columns)
 
 
+PRECISION_NAMES = {"fp32": "fp32 (the model as published)",
+                   "bf16": "base model and shortcut in bf16 (the fidelity reference in fp32)"}
+
+
+def precision(args) -> dict:
+    """What a row made in another precision than fp32 records (nothing for fp32, so chunks made
+    before the option existed stay valid)."""
+    return {} if args.dtype == "fp32" else {"dtype": args.dtype}
+
+
 def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: list[Setting], state_dir: Path,
-               out_dir: Path, log) -> tuple[list[dict], dict, dict]:
+               out_dir: Path, log, published=None) -> tuple[list[dict], dict, dict]:
+    """``published``: the base model in fp32 for the fidelity reference when ``migm`` runs in another
+    precision (default: ``migm``)."""
     headline = {s.strip() for s in args.headline.split(",") if s.strip()}
     wanted = {s.key: (args.headline_images if s.key in headline else args.images) for s in settings}
     n_chunks = {k: -(-n // args.batch) for k, n in wanted.items()}
@@ -659,7 +680,7 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
 
     costs_path = state_dir / regime / "step_costs.json"
     measured_on = {"migm": migm.fingerprint, "threads": args.threads,
-                   "shortcut": fingerprint(shortcut.state_dict(), shortcut.config.to_dict())}
+                   "shortcut": fingerprint(shortcut.state_dict(), shortcut.config.to_dict()), **precision(args)}
     costs = json.loads(costs_path.read_text()) if costs_path.is_file() else None
     if costs is None or costs.get("measured_on") != measured_on or costs["batch"] != args.batch \
             or costs["repeats"] != args.cost_repeats:
@@ -671,7 +692,7 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
     shortcut_fp = measured_on["shortcut"]
     for s in settings:
         made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain or s.cache else shortcut_fp,
-                   "batch": args.batch, "seed": args.seed}
+                   "batch": args.batch, "seed": args.seed, **precision(args)}
         if s.placement == "calibrated":  # the file's placement may change while its weights stay
             made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full)
         forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
@@ -686,8 +707,8 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
     bar.close()
 
     # as many of the base model's own samples as the largest row has
-    base = (base_reference(migm, regime, args, max(wanted.values(), default=args.images), state_dir, classifier, log)
-            if args.fidelity_steps else None)
+    base = (base_reference(published or migm, regime, args, max(wanted.values(), default=args.images), state_dir,
+                           classifier, log) if args.fidelity_steps else None)
     results = []
     for s in settings:
         r = summarize(s, regime, load_chunks(state_dir, regime, s, n_chunks[s.key]), classifier, ref, args.images,
@@ -719,8 +740,9 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Log(state_dir / "sweep.log")
     log(f"$ {command}")
-    migm = load_migm(args.migm)
+    migm = load_migm(args.migm, dtype=None if args.dtype == "fp32" else args.dtype)
     shortcut = load_shortcut(args.shortcut, migm)
+    published = load_migm(args.migm) if args.dtype != "fp32" and args.fidelity_steps else None
     classifier = load_classifier()
     ref = reference_stats(classifier)
     settings = parse_settings(args.plain, args.shortcut_settings, args.cache_settings)
@@ -732,7 +754,7 @@ def main(argv: list[str] | None = None) -> dict:
     sections = {}
     for regime in regimes:
         results, checks, costs = run_regime(regime, args, migm, shortcut, classifier, ref, settings, state_dir,
-                                            out_dir, log)
+                                            out_dir, log, published)
         plot_name = f"fmnist_sweep_{regime}.png"
         plot(results, out_dir / plot_name, f"Fashion-MNIST MaskGIT, {regime}: FD-FMNIST vs sampling time "
                                            f"({args.threads} CPU thread(s), {args.batch} images per call)")
@@ -745,6 +767,7 @@ def main(argv: list[str] | None = None) -> dict:
     all_rows = [r for v in report["regimes"].values() for r in v["results"]]
     meta = {
         "migm": args.migm, "shortcut": args.shortcut, "options": migm.sampling_defaults, "threads": args.threads,
+        "dtype": args.dtype,
         "batch": args.batch, "headline_images": args.headline_images,
         "base_params": sum(p.numel() for p in migm.model.parameters()),
         "shortcut_params": sum(p.numel() for p in shortcut.parameters()),
@@ -782,6 +805,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=500, help="images per generate() call (= one chunk, one seed)")
     p.add_argument("--seed", type=int, default=0, help="chunk k uses seed + k, the same for every setting")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="precision of the base model and shortcut for every row (the fidelity reference stays "
+                        "fp32); give bf16 its own --state-dir")
     p.add_argument("--cost-repeats", type=int, default=7, help="repeats of the step-cost timing (median)")
     p.add_argument("--grids", default="plain_N4,plain_N16,shortcut_N16_B4", help="settings that get a sample grid")
     p.add_argument("--grid-columns", type=int, default=12, help="images per grid row")
