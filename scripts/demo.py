@@ -43,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is fastest on a busy 2-core machine")
     p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
-                   help="base model and shortcut precision; bf16 is about 2.5x faster on CPUs with bf16 matrix "
-                        "units (Intel AMX), much slower on CPUs without them (the image decoder stays fp32)")
+                   help="base model and shortcut precision; bf16 is much faster on CPUs with bf16 matrix units "
+                        "(Intel AMX), much slower on CPUs without them (the image decoder stays fp32)")
     p.add_argument("--out", default=str(ROOT / "out/demo_grid.png"))
     args = p.parse_args(argv)
     if args.steps < 2:
@@ -87,7 +87,7 @@ def column_of(panels: list[Image.Image], gap: int = 12) -> Image.Image:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    migm = load_migm(args.migm, dtype=None if args.dtype == "fp32" else args.dtype)
+    migm = load_migm(args.migm, dtype=args.dtype)
     shortcut = load_shortcut(args.shortcut, migm)
     names = migm.class_names or [str(c) for c in range(migm.config.num_classes)]
     n, b = args.steps, args.full_steps

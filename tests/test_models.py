@@ -2,7 +2,7 @@
 import torch
 
 from shortcut_core import MASKGIT_PRESETS, SHORTCUT_PRESETS, MaskGIT, MaskGITShortcut
-from shortcut_core.layers import PackedMultiheadAttention, timestep_embedding
+from shortcut_core.layers import FeedForward, PackedMultiheadAttention, timestep_embedding
 from tests.tiny import tiny_migm, tiny_shortcut
 
 
@@ -81,3 +81,28 @@ def test_shortcut_prediction_depends_on_the_new_tokens():
     assert not torch.allclose(a, sc(feat, ids + 1, pos, ratio))
     assert not torch.allclose(a, sc(feat, ids, pos + 1, ratio))
     assert not torch.allclose(a, sc(feat, ids, pos, ratio / 2))
+
+
+def test_feedforward_gelu_in_place_only_where_autograd_needs_nothing():
+    torch.manual_seed(0)
+    ff = FeedForward(16, 64).eval()
+    x = torch.randn(2, 5, 16)
+    expected = ff.net(x)  # the plain nn.Sequential: what the published layout computes
+    with torch.inference_mode():
+        assert torch.equal(ff(x), expected.detach())
+    with torch.no_grad():
+        assert torch.equal(ff(x), expected.detach())
+    # training: the same values and the same gradients as the Sequential, for the input and the weights
+    for frozen in (False, True):
+        ff.requires_grad_(not frozen)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ff(a).square().sum().backward()
+        grads = [p.grad.clone() for p in ff.parameters()] if not frozen else []
+        ff.zero_grad()
+        ff.net(b).square().sum().backward()
+        assert torch.equal(a.grad, b.grad)
+        assert all(torch.equal(g, p.grad) for g, p in zip(grads, ff.parameters()))
+        ff.zero_grad()
+    # frozen weights and an input that needs no gradient: nothing to keep, the in-place path runs
+    out = ff(x)
+    assert not out.requires_grad and torch.equal(out, expected.detach())

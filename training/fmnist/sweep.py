@@ -740,7 +740,7 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     log = Log(state_dir / "sweep.log")
     log(f"$ {command}")
-    migm = load_migm(args.migm, dtype=None if args.dtype == "fp32" else args.dtype)
+    migm = load_migm(args.migm, dtype=args.dtype)
     shortcut = load_shortcut(args.shortcut, migm)
     published = load_migm(args.migm) if args.dtype != "fp32" and args.fidelity_steps else None
     classifier = load_classifier()
