@@ -86,7 +86,7 @@ def test_feature_agreement_allows_bf16_rounding_but_not_a_different_computation(
 
 # A working stand-in for the reference, built from this project's own modules (which keep the
 # published key names): the bench's whole path runs, both precisions, without the reference's code.
-FAKE_TRANSFORMER = """'''Stand-in for the reference's MaskTransformer: this project's MaskGIT, which keeps the published key names.'''
+FAKE_TRANSFORMER = """'''Stand-in for the reference's MaskTransformer: this project's MaskGIT (published key names).'''
 from dataclasses import replace
 
 import torch
@@ -105,7 +105,7 @@ class MaskTransformer(MaskGIT):
 
 """
 
-FAKE_SHORTCUT = """'''Stand-in for the reference's shortcut: this project's, taking the reference's boolean map of new tokens.'''
+FAKE_SHORTCUT = """'''Stand-in for the reference's shortcut: this project's, fed the reference's map of new tokens.'''
 from shortcut_core import SHORTCUT_PRESETS
 from shortcut_core import MaskGITShortcut as Ours
 
