@@ -26,7 +26,7 @@ import torch
 from shortcut_core import FeatureCache, full_step_indices, generate, load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
 from training.fmnist.classifier import load_classifier
-from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, reference_stats
+from training.fmnist.fd import frechet_distance_stats, image_stats, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, FIDELITY_SEED_OFFSET, REGIMES, regime_classes, step_costs, to_uint8
 
 
@@ -50,7 +50,7 @@ def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: 
     """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the
     feature statistics of the base model's own samples (``base_samples``), or None."""
     generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement)
-    stats = feature_stats(extract_features(generated, classifier))
+    stats = image_stats(generated, classifier)
     fd_base = None if base is None else frechet_distance_stats(stats, base)
     return frechet_distance_stats(stats, ref), seconds / images * 1e3, fd_base
 
@@ -58,7 +58,7 @@ def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: 
 def base_samples(migm, regime: str, steps: int, images: int, batch: int, classifier):
     """Feature statistics of plain N=``steps`` samples at seeds no row uses (the sweep's fidelity reference)."""
     generated, _ = sample_chunks(migm, None, regime, steps, None, images, batch, seed=FIDELITY_SEED_OFFSET)
-    return feature_stats(extract_features(generated, classifier))
+    return image_stats(generated, classifier)
 
 
 def describe(shortcut) -> dict:

@@ -181,14 +181,18 @@ def extract_features(images, classifier: torch.nn.Module, batch_size: int = 500)
     return torch.cat(feats).double().numpy()
 
 
+def image_stats(images, classifier: torch.nn.Module, batch_size: int = 500) -> FeatureStats:
+    """Feature mean/covariance of ``images`` in the classifier's penultimate features."""
+    return feature_stats(extract_features(images, classifier, batch_size))
+
+
 def fd_fmnist(images, classifier: torch.nn.Module, reference_stats: FeatureStats, batch_size: int = 500) -> float:
     """FD-FMNIST of ``images`` against precomputed reference statistics (see ``reference_stats``).
 
     Use several thousand images: with few samples the covariance estimate, and so the
     distance, is biased upwards (compare only values computed with the same N).
     """
-    stats = feature_stats(extract_features(images, classifier, batch_size))
-    return frechet_distance_stats(stats, reference_stats)
+    return frechet_distance_stats(image_stats(images, classifier, batch_size), reference_stats)
 
 
 def classifier_fingerprint(classifier: torch.nn.Module) -> str:
@@ -221,7 +225,7 @@ def reference_stats(
         if cached is not None:
             return cached
     images, _ = load_fmnist(split, root)
-    stats = feature_stats(extract_features(images, classifier, batch_size))
+    stats = image_stats(images, classifier, batch_size)
     if cache_file is not None:
         _write_stats(cache_file, stats)
     return stats

@@ -53,7 +53,7 @@ from shortcut_core.progress import ProgressBar
 from training.fmnist.classifier import load_classifier, predict
 from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
-                                frechet_distance_stats, reference_stats, to_classifier_input)
+                                frechet_distance_stats, image_stats, reference_stats, to_classifier_input)
 from training.fmnist.train_tokenizer import Log
 
 DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
@@ -373,7 +373,7 @@ def base_reference(migm, regime: str, args, count: int, state_dir: Path, classif
         chunks.append(np.load(path)["images"])
     images = np.concatenate(chunks)[:count]
     log(f"{regime}: the base model's own samples for fidelity: plain N={setting.steps}, {len(images)} images")
-    return feature_stats(extract_features(images, classifier))
+    return image_stats(images, classifier)
 
 
 def fidelity_pair(r: dict, other: dict) -> dict:
@@ -598,7 +598,7 @@ def write_markdown(path: Path, sections: dict, meta: dict) -> None:
         f"Base model `{meta['migm']}` ({meta['base_params']:,} parameters), shortcut `{meta['shortcut']}` "
         f"({meta['shortcut_params']:,} parameters). Sampling settings: the model's own ({meta['options']}). "
         f"Same seeds for every setting; {meta['threads']} CPU thread(s), {meta['batch']} images per call, "
-        f"{PRECISION_NAMES[meta.get('dtype', 'fp32')]}, all "
+        f"{PRECISION_NAMES[meta['dtype']]}, all "
         f"settings interleaved chunk by chunk. FD-FMNIST: Frechet distance of the shipped classifier's 128-d "
         f"features against the 10,000 test images (lower is better; non-standard, not comparable with FID). FD is "
         f"biased upwards by small samples, so one column uses the same count (the first images, same seeds) in "
