@@ -193,6 +193,26 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, kind: str, config: 
     write_safetensors_atomic(path, tensors, metadata)
 
 
+def rewrite_info(path: str | os.PathLike, out: str | os.PathLike, kind: str, update) -> dict:
+    """Write ``path`` (a native file of ``kind``) to ``out`` with its info replaced by
+    ``update(info)``; tensors, config and the other metadata unchanged. Returns the new info."""
+    tensors, meta = load_safetensors(path)
+    if meta.get("kind") != kind:
+        raise CheckpointError(f"{path} is a {meta['kind']} file, not a {kind} one" if meta.get("kind") else
+                              f"{path} is not a native {kind} .safetensors file (convert it first with "
+                              f"python -m shortcut_core.convert)")
+    info = update(dict(meta.get("info") or {}))
+    extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "config", "info")}
+    save_safetensors(out, tensors, kind, meta["config"], info=info, **extra)
+    return info
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
     """Write ``path`` all or nothing: a temporary file in the same folder, fsync, rename.
 
@@ -205,6 +225,9 @@ def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: d
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
         save_file(tensors, str(tmp), metadata=metadata)
+        # safetensors creates files owner-only; a rewritten file keeps its mode, a new one gets the
+        # umask's, so a ComfyUI server running as another user can still read what we wrote.
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

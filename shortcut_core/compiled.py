@@ -31,8 +31,31 @@ def _compiled(fn, mode: str, dynamic: bool, device: torch.device):
             torch.compiler.cudagraph_mark_step_begin()
             return compiled(*args, **kwargs).clone()
 
+        call.compile_mode = mode
         return call
+    compiled.compile_mode = mode
     return compiled
+
+
+def compiled_mode(migm, shortcut=None) -> str | None:
+    """The mode ``migm`` (and ``shortcut``, when given) are compiled with; None when either runs eager."""
+    modes = {getattr(migm.model.__dict__.get("features"), "compile_mode", None)}
+    if shortcut is not None:
+        modes.add(getattr(shortcut.__dict__.get("forward"), "compile_mode", None))
+    return modes.pop() if len(modes) == 1 else None
+
+
+def use_compiled(migm, shortcut=None, compiled: bool = True) -> str | None:
+    """Compile (mode for the device) or go back to eager, doing nothing when already so; returns the mode.
+
+    For callers that run the same loaded models again and again (the ComfyUI sampler): a second
+    call with the same choice keeps the compiled functions and their caches.
+    """
+    if not compiled:
+        uncompile_sampling(migm, shortcut)
+        return None
+    mode = default_mode(migm.device)
+    return mode if compiled_mode(migm, shortcut) == mode else compile_sampling(migm, shortcut, mode)
 
 
 def compile_sampling(migm, shortcut=None, mode: str | None = None) -> str:

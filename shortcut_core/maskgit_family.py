@@ -15,7 +15,7 @@ from .conditions import resolve_class_list
 from .first_step import FirstStepMemo, weights_stamp
 from .maskgit import MaskGIT
 from .sampler import categorical, finite_number, gumbel_noise, masked_positions
-from .schedules import reveal_counts
+from .schedules import REVEAL_MODES, reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
 
@@ -53,6 +53,25 @@ class MaskGITState:
 
 # Published MaskGIT-512 settings (Halton-MaskGIT v1.0), used where a model file recommends none.
 PUBLISHED_SAMPLING = {"cfg": 2.8, "sm_temp": 1.0, "r_temp": 7.0, "schedule": "arccos", "randomize": "linear"}
+
+
+def checked_sampling_options(options: dict) -> dict:
+    """MaskGIT sampling options validated (numbers as floats); unknown keys are an error."""
+    unknown = sorted(set(options) - set(PUBLISHED_SAMPLING))
+    if unknown:
+        raise ValueError(f"unknown MaskGIT sampling option(s) {', '.join(unknown)}; "
+                         f"known: {', '.join(PUBLISHED_SAMPLING)}")
+    o = dict(options)
+    for key in ("cfg", "sm_temp", "r_temp"):
+        if key in o:
+            o[key] = finite_number(key, o[key])
+            if key != "cfg" and o[key] < 0:
+                raise ValueError(f"temperatures must be >= 0, got {key} {o[key]}")
+    if "schedule" in o and o["schedule"] not in REVEAL_MODES:
+        raise ValueError(f"unknown reveal schedule {o['schedule']!r}; choose one of {', '.join(REVEAL_MODES)}")
+    if "randomize" in o and o["randomize"] not in ("linear", "none"):
+        raise ValueError(f"randomize must be 'linear' or 'none', got {o['randomize']!r}")
+    return o
 
 
 class MaskGITMIGM:
@@ -114,13 +133,7 @@ class MaskGITMIGM:
         runs one pass per step whatever ``cfg`` says."""
         c = self.config
         given = {"cfg": cfg, "sm_temp": sm_temp, "r_temp": r_temp, "schedule": schedule, "randomize": randomize}
-        o = {k: (self.sampling_defaults[k] if v is None else v) for k, v in given.items()}
-        for key in ("cfg", "sm_temp", "r_temp"):
-            o[key] = finite_number(key, o[key])
-        if o["sm_temp"] < 0 or o["r_temp"] < 0:
-            raise ValueError(f"temperatures must be >= 0, got sm_temp {o['sm_temp']}, r_temp {o['r_temp']}")
-        if o["randomize"] not in ("linear", "none"):
-            raise ValueError(f"randomize must be 'linear' or 'none', got {o['randomize']!r}")
+        o = checked_sampling_options({k: (self.sampling_defaults[k] if v is None else v) for k, v in given.items()})
         classes = self.resolve_classes(classes, batch)
         uncond = classes == c.null_class
         cfg = 0.0 if bool(uncond.all()) else o["cfg"]

@@ -251,3 +251,18 @@ def test_fingerprint_ignores_load_dtype():
     assert fingerprint(sd, {"a": 1}) == fingerprint(as_fp32, {"a": 1})
     assert fingerprint(sd, {"a": 1}) != fingerprint({"w": sd["w"] + 1}, {"a": 1})
     assert fingerprint(sd, {"a": 1}) != fingerprint(sd, {"a": 2})
+
+
+def test_written_files_are_readable_by_others_and_keep_their_mode(tmp_path):
+    """safetensors writes owner-only files; ours follow the umask, and a rewrite keeps the mode."""
+    migm = tiny_migm()
+    path = tmp_path / "tiny.safetensors"
+    old = os.umask(0o022)
+    try:
+        save_migm(migm, path)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    path.chmod(0o640)
+    save_migm(migm, path)
+    assert path.stat().st_mode & 0o777 == 0o640

@@ -49,3 +49,19 @@ def test_compiled_dimoo_sampling_gives_the_eager_tokens(tmp_path):
     compile_sampling(migm, sc)
     compiled = sample(migm, ["a red cat", "two dogs on a sofa"], **kwargs)
     assert torch.equal(eager.tokens, compiled.tokens)
+
+
+def test_use_compiled_keeps_what_is_compiled_and_goes_back_on_request():
+    from shortcut_core.compiled import compiled_mode, use_compiled
+
+    migm = tiny_migm(vqgan=False)
+    sc = tiny_shortcut(migm)
+    assert compiled_mode(migm, sc) is None
+    assert use_compiled(migm, sc) == "default" and compiled_mode(migm, sc) == "default"
+    features, forward = migm.model.__dict__["features"], sc.__dict__["forward"]
+    assert use_compiled(migm, sc) == "default"  # nothing recompiled
+    assert migm.model.__dict__["features"] is features and sc.__dict__["forward"] is forward
+    other = tiny_shortcut(migm)  # a shortcut not yet compiled: compiled, the base model's wrapper renewed
+    assert use_compiled(migm, other) == "default" and compiled_mode(migm, other) == "default"
+    assert use_compiled(migm, other, compiled=False) is None
+    assert compiled_mode(migm) is None and "forward" not in other.__dict__

@@ -1,5 +1,6 @@
 """The quality-speed sweep: target arithmetic, Pareto front, and a tiny resumable run on the shipped model."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -68,6 +69,18 @@ def test_same_n_and_equal_pass_targets_use_all_images_and_the_block_noise():
     results[1] = row("plain_N4", 4, 4, 90.0, 40, blocks=[80.0, 81.0], fd_all=80.5)
     results[2] = row("plain_N6", 6, 6, 85.0, 60, blocks=[78.0, 78.5], fd_all=78.0)
     assert targets(results)["target_equal_passes_met"]
+
+
+def test_rows_of_different_image_counts_are_compared_on_the_common_count():
+    """A 5,000-image shortcut row against a 1,000-image cache row: FD falls with the count, so both
+    are taken on the first 1,000 images (the same seeds), never 5,000 against 1,000."""
+    full = {"full_step_indices": [0, 2, 4, 8]}
+    results = [{**row("shortcut_N16_B4_cal", 16, 4, 86.5, 14, blocks=[83.3, 83.5], fd_all=82.9), **full,
+                "images": 5000, "fd_images": 1000},
+               {**row("cache_N16_B4_cal", 16, 4, 86.1, 12), **full, "cache": True, "images": 1000, "fd_images": 1000}]
+    t = targets(results)["shortcut_vs_cache"][0]
+    assert (t["fd_shortcut"], t["fd_plain"], t["images"]) == (86.5, 86.1, 1000)
+    assert t["verdict"] == "worse"  # by 0.4, beyond the 0.2 between the shortcut's seed blocks
 
 
 def test_settings_parse_and_refuse_b_not_below_n():
@@ -200,6 +213,31 @@ def test_calibrated_rows_are_redone_when_the_files_placement_changes(tmp_path):
     assert all(p.stat().st_mtime_ns > before[p] for p in calibrated)
 
 
+def test_rows_are_redone_when_the_models_recommended_settings_change(tmp_path):
+    """The weights fingerprint does not see the file's sampling settings either: every row (and the
+    fidelity reference) is stamped with them, so a model re-tuned with training.sampling_defaults is
+    never scored with chunks sampled under its old settings."""
+    from training.sampling_defaults import main as set_defaults
+
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(Path(DEFAULT_MIGM).read_bytes())
+    args = ["--migm", str(model), "--regimes", "uncond", "--plain", "2", "--shortcut-settings", "4:1",
+            "--cache-settings", "", "--images", "20", "--headline", "", "--batch", "20", "--cost-repeats", "1",
+            "--grids", "", "--fidelity-steps", "2", "--state-dir", str(tmp_path / "state"),
+            "--out-dir", str(tmp_path / "out")]
+    main(args)
+    chunks = sorted((tmp_path / "state").glob("uncond/*/chunk_*.npz"))
+    assert len(chunks) == 3
+    before = {p: p.stat().st_mtime_ns for p in chunks}
+    main(args)
+    assert all(p.stat().st_mtime_ns == before[p] for p in chunks)  # same settings: kept
+    assert set_defaults([str(model), "--set", "r_temp=1", "--why", "test"]) == 0
+    main(args)
+    assert all(p.stat().st_mtime_ns > before[p] for p in chunks)
+    stamp = json.loads((tmp_path / "state" / "uncond" / "plain_N2" / "made_by.json").read_text())
+    assert stamp["options"]["r_temp"] == 1.0
+
+
 def test_feature_cache_rows_are_a_control_not_a_shortcut_setting():
     """A cache row is judged against the shortcut at the same N, B and placement, and never
     counts as the shortcut in the speed or same-N targets."""
@@ -233,8 +271,9 @@ def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path)
 
     out = tmp_path / "abl.md"
     report = ablation_main([str(DEFAULT_SHORTCUT), "--names", "shipped", "--images", "20", "--batch", "20",
-                            "--out", str(out)])
+                            "--seed", "3", "--out", str(out)])
     row = report["rows"][0]
+    assert "seeds 3.. for every row" in out.read_text()
     assert row["placement"] == [0, 2, 4, 8]  # the shipped file's calibrated 16/4
     assert set(row["fd_cache"]) == {"cond", "uncond"} and row["fd_cache"] != row["fd"]
     assert f"{row['fd']['cond']:.2f} ({row['fd_cache']['cond']:.2f})" in out.read_text()
@@ -265,3 +304,13 @@ def test_bf16_rows_are_made_apart_and_judged_against_the_published_fp32_model(tm
     assert report["meta"]["dtype"] == "bf16"
     assert "in bf16 (the fidelity reference in fp32)" in (tmp_path / "out" / "fmnist_sweep.md").read_text()
     assert all(r["fd_base"] > 0 for r in report["regimes"]["uncond"]["results"])
+
+
+def test_quick_fd_seed_moves_every_sample_off_the_sweeps_seeds():
+    from training.fmnist.ablation import sample_chunks
+
+    migm = load_migm(DEFAULT_MIGM)
+    at_0, _ = sample_chunks(migm, None, "uncond", 2, None, 8, 4)
+    at_1, _ = sample_chunks(migm, None, "uncond", 2, None, 8, 4, seed=1)
+    assert (at_1[:4] == at_0[4:]).all()  # chunk k has seed + k, as the sweep's
+    assert not (at_1[:4] == at_0[:4]).all()

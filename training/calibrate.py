@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from shortcut_core import load_migm, load_shortcut, reveal_counts
-from shortcut_core.checkpoints import CheckpointError, load_safetensors, save_safetensors
+from shortcut_core.checkpoints import CheckpointError, rewrite_info
 from shortcut_core.placement import masked_before, optimal_placement, placement_cost, remap_errors
 from shortcut_core.schedules import full_step_indices
 
@@ -156,14 +156,7 @@ def calibrate(args) -> dict:
 def write_into(shortcut_path: Path, out: Path, placements: dict) -> None:
     """Rewrite the shortcut file (or a copy) with ``placements`` (``table`` {N: {B: steps}} and how
     they were found) as its metadata's placements; weights unchanged."""
-    tensors, meta = load_safetensors(shortcut_path)
-    if meta.get("kind") != "shortcut":
-        raise CheckpointError(f"{shortcut_path} is not a native shortcut .safetensors file (convert it first with "
-                              f"python -m shortcut_core.convert)")
-    info = dict(meta.get("info") or {})
-    info["placements"] = placements
-    extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "config", "info")}
-    save_safetensors(out, tensors, "shortcut", meta["config"], info=info, **extra)
+    rewrite_info(shortcut_path, out, "shortcut", lambda info: {**info, "placements": placements})
 
 
 def build_parser() -> argparse.ArgumentParser:

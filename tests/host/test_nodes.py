@@ -411,6 +411,22 @@ def test_bf16_on_the_cpu_samples_through_the_nodes(comfy, models):
     assert re.search(r"MIGM-Shortcut: loading \S*tiny_maskgit\.safetensors on cpu \(bf16\)", comfy.log_text())
 
 
+def test_compile_is_a_choice_of_the_sampler_with_the_eager_images(comfy, models):
+    """torch.compile through the node (inductor on this CPU): the images of eager sampling, the
+    mode in the report, and back to eager when switched off (the loaded models are shared)."""
+    settings = dict(classes="0,2", batch_size=2, seed=5, steps=8, full_steps=3)
+    eager = comfy.run(generate_graph(prefix="cmp_eager", **settings), timeout=120)
+    compiled = comfy.run(generate_graph(prefix="cmp_on", compile=True, **settings), timeout=900)
+    other_seed = {**settings, "seed": 6}
+    compiled_again = comfy.run(generate_graph(prefix="cmp_on_again", compile=True, **other_seed), timeout=600)
+    back = comfy.run(generate_graph(prefix="cmp_off", **other_seed), timeout=120)
+    assert report_of(compiled).endswith(f"; shortcut {TINY_SC} on tiny; compiled (default)")
+    assert "compiled" not in report_of(eager) and "compiled" not in report_of(back)
+    for a, b in ((eager, compiled), (back, compiled_again)):
+        first, second = images_of(comfy, a), images_of(comfy, b)
+        assert len(first) == 4 and all(np.array_equal(x, y) for x, y in zip(first, second))
+
+
 def test_calibrated_placement_is_a_choice_of_the_sampler(comfy, models):
     settings = dict(classes="0,2", seed=3, steps=8, full_steps=3)
     calibrated = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="calibrated", prefix="cal", **settings),

@@ -31,33 +31,35 @@ from training.fmnist.sweep import DEFAULT_MIGM, FIDELITY_SEED_OFFSET, REGIMES, r
 
 
 def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, batch: int,
-                  placement: str | None = None, seed: int = 0) -> tuple[np.ndarray, float]:
+                  placement: str | None = None, seed: int = 0, **options) -> tuple[np.ndarray, float]:
     """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed
-    ``seed`` + k, as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one."""
+    ``seed`` + k, as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one;
+    ``options``: sampling settings other than the model's recommended ones."""
     if placement is None:
         placement = "calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper"
     out, seconds = [], 0.0
     for chunk in range(-(-images // batch)):
         r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
-                     shortcut=shortcut if full is not None else None, seed=seed + chunk, placement=placement)
+                     shortcut=shortcut if full is not None else None, seed=seed + chunk, placement=placement,
+                     **options)
         out.append(to_uint8(r.images))
         seconds += r.stats.seconds
     return np.concatenate(out)[:images], seconds
 
 
 def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: int, classifier,
-             ref, placement: str | None = None, base=None) -> tuple[float, float, float | None]:
+             ref, placement: str | None = None, base=None, seed: int = 0) -> tuple[float, float, float | None]:
     """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the
     feature statistics of the base model's own samples (``base_samples``), or None."""
-    generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement)
+    generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement, seed)
     stats = image_stats(generated, classifier)
     fd_base = None if base is None else frechet_distance_stats(stats, base)
     return frechet_distance_stats(stats, ref), seconds / images * 1e3, fd_base
 
 
-def base_samples(migm, regime: str, steps: int, images: int, batch: int, classifier):
+def base_samples(migm, regime: str, steps: int, images: int, batch: int, classifier, seed: int = 0):
     """Feature statistics of plain N=``steps`` samples at seeds no row uses (the sweep's fidelity reference)."""
-    generated, _ = sample_chunks(migm, None, regime, steps, None, images, batch, seed=FIDELITY_SEED_OFFSET)
+    generated, _ = sample_chunks(migm, None, regime, steps, None, images, batch, seed=FIDELITY_SEED_OFFSET + seed)
     return image_stats(generated, classifier)
 
 
@@ -86,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--images", type=int, default=1000, help="images per FD (small: compare rows, not with the sweep)")
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0, help="chunk k uses seed + k (the sweep's are 0..: choose others "
+                                                       "to pick a candidate without looking at the sweep's images)")
     p.add_argument("--out", default="runs/fmnist/ablation.md")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -96,12 +100,12 @@ def main(argv: list[str] | None = None) -> dict:
     classifier = load_classifier()
     ref = reference_stats(classifier)
     n, b = args.steps, args.full_steps
-    base = {regime: base_samples(migm, regime, n, args.images, args.batch, classifier) for regime in REGIMES}
+    base = {regime: base_samples(migm, regime, n, args.images, args.batch, classifier, args.seed) for regime in REGIMES}
     baselines = {}
     for regime in REGIMES:
         for steps in (n, b):
             baselines[(regime, steps)] = quick_fd(migm, None, regime, steps, None, args.images, args.batch,
-                                                  classifier, ref, base=base[regime])
+                                                  classifier, ref, base=base[regime], seed=args.seed)
             print(f"plain N={steps} {regime}: FD {baselines[(regime, steps)][0]:.2f}, to the base model's own "
                   f"samples {baselines[(regime, steps)][2]:.2f}", flush=True)
     rows, cache_fds = [], {}
@@ -111,20 +115,21 @@ def main(argv: list[str] | None = None) -> dict:
         row["placement"] = calibrated_indices(shortcut, n, b) or "paper"
         row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
         scores = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref,
-                                   base=base[regime]) for regime in REGIMES}
+                                   base=base[regime], seed=args.seed) for regime in REGIMES}
         row["fd"] = {regime: v[0] for regime, v in scores.items()}
         row["fd_base"] = {regime: v[2] for regime, v in scores.items()}
         full = tuple(full_step_indices(n, b) if row["placement"] == "paper" else row["placement"])
         for regime in REGIMES:  # the same full steps with each skipped step reusing the last full step's feature
             if (regime, full) not in cache_fds:
                 cache_fds[(regime, full)] = quick_fd(migm, FeatureCache(), regime, n, list(full), args.images,
-                                                     args.batch, classifier, ref, placement="paper", base=base[regime])
+                                                     args.batch, classifier, ref, placement="paper", base=base[regime],
+                                                     seed=args.seed)
         row["fd_cache"] = {regime: cache_fds[(regime, full)][0] for regime in REGIMES}
         row["fd_base_cache"] = {regime: cache_fds[(regime, full)][2] for regime in REGIMES}
         print(json.dumps(row), flush=True)
         rows.append(row)
     chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)
-    lines = [f"Quick check: N={n}, B={b}, {args.images} images per FD, seeds 0.. for every row (FD on "
+    lines = [f"Quick check: N={n}, B={b}, {args.images} images per FD, seeds {args.seed}.. for every row (FD on "
              f"{args.images} images is biased upwards: compare rows of this table only); 'cache': the feature "
              f"cache (no shortcut) at the row's full steps. Plain N={n}: FD "
              f"{baselines[('cond', n)][0]:.2f} (cond) / {baselines[('uncond', n)][0]:.2f} (uncond); plain N={b}: "

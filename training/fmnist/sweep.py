@@ -364,7 +364,8 @@ def base_reference(migm, regime: str, args, count: int, state_dir: Path, classif
     setting = Setting(args.fidelity_steps, args.fidelity_steps)
     folder = state_dir / regime / f"base_reference_N{setting.steps}"
     forget_chunks_made_otherwise(folder, {"migm": migm.fingerprint, "batch": args.batch,
-                                          "seed": args.seed + FIDELITY_SEED_OFFSET}, log)
+                                          "seed": args.seed + FIDELITY_SEED_OFFSET,
+                                          "options": migm.sampling_defaults}, log)
     chunks = []
     for k in range(-(-count // args.batch)):
         path = folder / f"chunk_{k:03d}.npz"
@@ -456,12 +457,17 @@ def targets(results: list[dict]) -> dict:
     best_iso = max(iso, key=lambda t: t["speedup"]) if iso else None
 
     def pair(short_key: str, plain_key: str) -> dict | None:
+        """On all images when both rows have the same count, else on the common count (FD is biased
+        by the count: a 5,000-image FD must not meet a 1,000-image one)."""
         s, p = by_key.get(short_key), by_key.get(plain_key)
         if s is None or p is None:
             return None
-        fd_s, fd_p = best_fd(s), best_fd(p)
+        both_all = s.get("fd_fmnist_all") is not None and p.get("fd_fmnist_all") is not None \
+            and s.get("images") == p.get("images")
+        fd_s, fd_p = (best_fd(s), best_fd(p)) if both_all else (s["fd_fmnist"], p["fd_fmnist"])
         return {"shortcut": short_key, "plain": plain_key, "fd_shortcut": fd_s, "fd_plain": fd_p,
                 "fd_rel": fd_s / fd_p - 1, "noise": block_noise(s, p),
+                "images": s.get("images") if both_all else s.get("fd_images"),
                 "speedup": p["seconds_per_image"] / s["seconds_per_image"]}
 
     def pairs(short_key: str, plain_key: str) -> list[dict]:
@@ -565,8 +571,8 @@ def regime_section(regime: str, results: list[dict], checks: dict, costs: dict, 
         noise = f"{t['noise']:.2f}" if t["noise"] is not None else "n/a"
         lines.append(f"- control: `{t['shortcut']}` vs `{t['plain']}` (training-free: the same full steps "
                      f"{t['full_step_indices']}, each skipped step reusing the last full step's feature): FD "
-                     f"{t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} ({t['fd_rel'] * 100:+.1f} %, block noise "
-                     f"{noise}): the shortcut is **{t['verdict']}**.")
+                     f"{t['fd_shortcut']:.2f} vs {t['fd_plain']:.2f} on {t['images']} images ({t['fd_rel'] * 100:+.1f} "
+                     f"%, block noise {noise}): the shortcut is **{t['verdict']}**.")
     if fidelity_n:
         floor = plain.get(fidelity_n)
         lines += ["", f"Fidelity to the base model: FD of each row's images to plain N={fidelity_n}'s own samples, "
@@ -692,7 +698,7 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
     shortcut_fp = measured_on["shortcut"]
     for s in settings:
         made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain or s.cache else shortcut_fp,
-                   "batch": args.batch, "seed": args.seed, **precision(args)}
+                   "batch": args.batch, "seed": args.seed, "options": migm.sampling_defaults, **precision(args)}
         if s.placement == "calibrated":  # the file's placement may change while its weights stay
             made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full)
         forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
