@@ -80,7 +80,11 @@ def test_rows_of_different_image_counts_are_compared_on_the_common_count():
                {**row("cache_N16_B4_cal", 16, 4, 86.1, 12), **full, "cache": True, "images": 1000, "fd_images": 1000}]
     t = targets(results)["shortcut_vs_cache"][0]
     assert (t["fd_shortcut"], t["fd_plain"], t["images"]) == (86.5, 86.1, 1000)
-    assert t["verdict"] == "worse"  # by 0.4, beyond the 0.2 between the shortcut's seed blocks
+    # the 0.2 between 2,500-image seed blocks is scaled to 1,000 images: 0.2 * sqrt(2.5) = 0.32
+    assert t["noise"] == pytest.approx(0.2 * 2.5 ** 0.5) and t["noise_scaled"]
+    assert t["verdict"] == "worse"  # by 0.4, beyond 0.32
+    results[0]["fd_fmnist"] = 86.4  # by 0.3: within it
+    assert targets(results)["shortcut_vs_cache"][0]["verdict"] == "within the block noise"
 
 
 def test_settings_parse_and_refuse_b_not_below_n():
