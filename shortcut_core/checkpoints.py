@@ -207,12 +207,6 @@ def rewrite_info(path: str | os.PathLike, out: str | os.PathLike, kind: str, upd
     return info
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: dict | None = None) -> None:
     """Write ``path`` all or nothing: a temporary file in the same folder, fsync, rename.
 
@@ -224,10 +218,18 @@ def write_safetensors_atomic(path: str | os.PathLike, tensors: dict, metadata: d
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path.with_name(path.name + TMP_SUFFIX)
     try:
+        # safetensors creates files owner-only; a rewritten file keeps its mode, a new one gets what
+        # the umask gives any new file (read off a file the kernel creates: os.umask() would change the
+        # process-wide mask for a moment, under ComfyUI's other threads), so a server running as
+        # another user can still read what we wrote.
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+            mode = os.fstat(fd).st_mode & 0o777
+            os.close(fd)
         save_file(tensors, str(tmp), metadata=metadata)
-        # safetensors creates files owner-only; a rewritten file keeps its mode, a new one gets the
-        # umask's, so a ComfyUI server running as another user can still read what we wrote.
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

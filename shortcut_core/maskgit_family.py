@@ -15,7 +15,7 @@ from .conditions import resolve_class_list
 from .first_step import FirstStepMemo, weights_stamp
 from .maskgit import MaskGIT
 from .sampler import categorical, finite_number, gumbel_noise, masked_positions
-from .schedules import REVEAL_MODES, reveal_counts
+from .schedules import check_reveal_mode, reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
 
@@ -67,8 +67,8 @@ def checked_sampling_options(options: dict) -> dict:
             o[key] = finite_number(key, o[key])
             if key != "cfg" and o[key] < 0:
                 raise ValueError(f"temperatures must be >= 0, got {key} {o[key]}")
-    if "schedule" in o and o["schedule"] not in REVEAL_MODES:
-        raise ValueError(f"unknown reveal schedule {o['schedule']!r}; choose one of {', '.join(REVEAL_MODES)}")
+    if "schedule" in o:
+        check_reveal_mode(o["schedule"])
     if "randomize" in o and o["randomize"] not in ("linear", "none"):
         raise ValueError(f"randomize must be 'linear' or 'none', got {o['randomize']!r}")
     return o

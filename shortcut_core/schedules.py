@@ -9,6 +9,12 @@ import torch
 REVEAL_MODES = ("arccos", "cosine", "linear", "square", "root")
 
 
+def check_reveal_mode(mode: str) -> str:
+    if mode not in REVEAL_MODES:
+        raise ValueError(f"unknown reveal schedule {mode!r}; choose one of {', '.join(REVEAL_MODES)}")
+    return mode
+
+
 def reveal_counts(num_tokens: int, steps: int, mode: str = "arccos") -> list[int]:
     """How many tokens step i reveals; the counts sum to ``num_tokens``.
 
@@ -20,7 +26,7 @@ def reveal_counts(num_tokens: int, steps: int, mode: str = "arccos") -> list[int
     if steps > num_tokens:
         raise ValueError(f"{steps} steps cannot each reveal a token of a {num_tokens}-token image; use at most {num_tokens}")
     r = torch.linspace(1, 0, steps, dtype=torch.float64)
-    if mode == "arccos":
+    if check_reveal_mode(mode) == "arccos":
         v = torch.arccos(r) / (math.pi / 2)
     elif mode == "cosine":
         v = torch.cos(r * math.pi / 2)
@@ -28,10 +34,8 @@ def reveal_counts(num_tokens: int, steps: int, mode: str = "arccos") -> list[int
         v = 1 - r
     elif mode == "square":
         v = 1 - r**2
-    elif mode == "root":
+    else:  # root
         v = 1 - r.sqrt()
-    else:
-        raise ValueError(f"unknown reveal schedule {mode!r}; choose one of {', '.join(REVEAL_MODES)}")
     if steps == 1:
         return [num_tokens]
     counts = (v / v.sum() * num_tokens).round()

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from shortcut_core.checkpoints import CheckpointError, read_safetensors_metadata, rewrite_info
+from shortcut_core import load_migm
+from shortcut_core.checkpoints import CheckpointError, rewrite_info
 from shortcut_core.maskgit_family import PUBLISHED_SAMPLING, checked_sampling_options
 
 
@@ -72,9 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not path.is_file():
             raise CheckpointError(f"file not found: {path}")
         if not args.set:
-            meta = read_safetensors_metadata(path)
-            own = (meta.get("info") or {}).get("sampling_defaults") or {} if isinstance(meta.get("info"), dict) else {}
-            print(json.dumps({"file": own, "in effect": {**PUBLISHED_SAMPLING, **own}}, indent=1, sort_keys=True))
+            migm = load_migm(path)
+            print(json.dumps({"file": migm.info.get("sampling_defaults", {}), "in effect": migm.sampling_defaults},
+                             indent=1, sort_keys=True))
             return 0
         if not args.why:
             raise ValueError("--set needs --why: say what measurement the new settings rest on")

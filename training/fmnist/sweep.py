@@ -25,7 +25,7 @@ with native bf16 matrix units, e.g. Intel AMX); the fidelity reference stays the
 published (fp32), so "to base" then also measures what the lower precision costs. Give it
 its own ``--state-dir`` (rows made in another precision are redone, never mixed); the
 fp32 ``base_reference_N*`` folders may be copied into it, they are reused when their model,
-batch and seed match.
+batch, seed and sampling settings match.
 
 Writes ``fmnist_sweep.md`` (tables and target checks for both regimes), ``fmnist_sweep.json``,
 ``fmnist_sweep_{regime}.png`` (FD-FMNIST vs ms/image, Pareto front marked) and sample grids
@@ -378,12 +378,17 @@ def base_reference(migm, regime: str, args, count: int, state_dir: Path, classif
     return image_stats(images, classifier)
 
 
+def on_all_images(a: dict, b: dict, column: str) -> bool:
+    """Whether two rows are compared on all their images (``column``, e.g. ``fd_fmnist_all``, set for
+    both and the same count) rather than on the common first images."""
+    return a.get(column) is not None and b.get(column) is not None and a.get("images") == b.get("images")
+
+
 def fidelity_pair(r: dict, other: dict) -> dict:
     """``r`` against ``other`` by FD to the base model's own samples: on all images when both have the
     same count, else the common count; the noise is the larger gap between either row's seed blocks
     (scaled to the common count, ``block_noise``)."""
-    both_all = r.get("fd_base_all") is not None and other.get("fd_base_all") is not None \
-        and r["images"] == other["images"]
+    both_all = on_all_images(r, other, "fd_base_all")
     column = "fd_base_all" if both_all else "fd_base"
     noise = block_noise(r, other, count=None if both_all else r["fd_images"], blocks="fd_base_blocks")
     pair = {"fd_shortcut": r[column], "fd_plain": other[column], "noise": noise}
@@ -473,8 +478,7 @@ def targets(results: list[dict]) -> dict:
         s, p = by_key.get(short_key), by_key.get(plain_key)
         if s is None or p is None:
             return None
-        both_all = s.get("fd_fmnist_all") is not None and p.get("fd_fmnist_all") is not None \
-            and s.get("images") == p.get("images")
+        both_all = on_all_images(s, p, "fd_fmnist_all")
         fd_s, fd_p = (best_fd(s), best_fd(p)) if both_all else (s["fd_fmnist"], p["fd_fmnist"])
         return {"shortcut": short_key, "plain": plain_key, "fd_shortcut": fd_s, "fd_plain": fd_p,
                 "fd_rel": fd_s / fd_p - 1, "noise": block_noise(s, p, count=None if both_all else s.get("fd_images")),

@@ -53,7 +53,7 @@ MASKGIT_FMNIST_PRESETS = {
 
 # Sampling settings the sweep, the demo and the tests use for this model (stored in its info).
 # First picked from 500 images at N=12 (cfg 2, r_temp 3). Re-chosen on 2026-12-01 by plain N=16
-# FD-FMNIST in both regimes (training.fmnist.settings_scan; docs/results/fmnist_settings_scan.md):
+# FD-FMNIST in both regimes (training.fmnist.settings_scan; docs/results/fmnist_settings.md):
 # r_temp 4.5 (MaskGIT's own choice temperature) beats 3.0 on two seed blocks unconditionally and
 # is level or better class-conditionally; guidance scales other than 2 are level within the noise.
 # The shipped file was updated in place with python -m training.sampling_defaults.
