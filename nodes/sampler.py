@@ -10,7 +10,7 @@ from comfy_api.latest import io, ui
 
 from ..shortcut_core import REVEAL_MODES, generate
 from ..shortcut_core.compiled import use_compiled
-from ..shortcut_core.placement import PAPER, PLACEMENTS
+from ..shortcut_core.placement import AUTO, PAPER, PLACEMENTS
 from . import memory
 from .options import (
     CUSTOM,
@@ -78,12 +78,13 @@ class ShortcutSampler(io.ComfyNode):
                                        "value (7 for MaskGIT-512)."),
                 io.Float.Input("temperature", default=1.0, min=0.0, max=10.0, step=0.05, round=0.01,
                                tooltip="Lumina-DiMOO sampling temperature; 0 picks the most likely token."),
-                io.Combo.Input("placement", options=list(PLACEMENTS), default=PAPER,
-                               tooltip="Where the B full steps go. paper: evenly (step 0, then round(N*k/B)). "
-                                       "calibrated: where the shortcut file's calibration (training.calibrate) "
-                                       "says its drift costs most; an (N, B) the file does not cover falls back "
-                                       "to the paper's placement and the report says so. Ignored with an "
-                                       "explicit full_step_list."),
+                io.Combo.Input("placement", options=list(PLACEMENTS), default=AUTO,
+                               tooltip="Where the B full steps go. auto: the shortcut file's calibrated "
+                                       "placement when it has one for this N and B, else the paper's (the "
+                                       "published checkpoints carry none). paper: evenly (step 0, then "
+                                       "round(N*k/B)). calibrated: the file's placement (training.calibrate or "
+                                       "the adaptive rule); an (N, B) the file does not cover falls back to the "
+                                       "paper's and the report says so. Ignored with an explicit full_step_list."),
                 io.Boolean.Input("compile", default=False, optional=True,
                                  tooltip="torch.compile the base model and the shortcut (CUDA graphs on a GPU, "
                                          "inductor on a CPU). The first run of each image size and batch pays "
@@ -119,7 +120,7 @@ class ShortcutSampler(io.ComfyNode):
     @classmethod
     def execute(cls, migm, condition, preset: str, seed: int, steps: int, full_steps: int, full_step_list: str,
                 schedule: str, cfg: float, sm_temp: float, r_temp: float, temperature: float,
-                placement: str = PAPER, compile: bool = False, shortcut=None) -> io.NodeOutput:
+                placement: str = AUTO, compile: bool = False, shortcut=None) -> io.NodeOutput:
         plan = step_plan(preset, steps, full_steps, full_step_list)
         condition.check_for(migm)
         options = family_options(migm, cfg=cfg, sm_temp=sm_temp, r_temp=r_temp, temperature=temperature,

@@ -24,14 +24,15 @@ from .vqgan import VQGAN_PRESETS, VQGAN, VQGANConfig
 
 
 def generate(migm, classes=None, *, steps: int, full_steps=None, shortcut=None, seed: int = 0, cfg: float | None = None,
-             prompts=None, callback=None, decode: bool = True, placement: str = "paper", **options) -> GenerationResult:
+             prompts=None, callback=None, decode: bool = True, placement: str = "auto", **options) -> GenerationResult:
     """Generate images; ``full_steps`` B (or a list) of ``steps`` N run the base model.
 
     ``classes`` for class-conditional models: indices, names, a spec such as ``"0-9"`` or
     ``"all"``, and ``"none"`` for unconditional sampling; ``prompts`` for text-to-image ones.
     With ``shortcut=None`` (or B = N) this is plain sampling. Options left out (``cfg``,
     temperatures, schedule) take the model's recommended values (``migm.sampling_defaults``).
-    ``placement="calibrated"`` places the B full steps as the shortcut's calibration says.
+    ``placement``: where B full steps go; "auto" (default) uses the shortcut file's calibrated
+    placement for (N, B) when it has one and the paper's otherwise; "paper"; "calibrated".
     """
     conditions = prompts if prompts is not None else classes
     if conditions is None:

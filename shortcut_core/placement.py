@@ -11,7 +11,10 @@ programming over (full steps used, last full step) finds the minimum exactly.
 
 A shortcut file stores the chosen placements in its metadata (``info["placements"]``);
 ``sample(..., placement="calibrated")`` uses them and falls back to the paper's placement,
-saying so in the report, for an (N, B) the file does not cover.
+saying so in the report, for an (N, B) the file does not cover. The default, ``"auto"``,
+uses them where the file has one for (N, B) and the paper's placement otherwise: the file's
+placement is part of what the shortcut recommends, as the base model's file recommends its
+sampling settings, and a published checkpoint, which carries none, samples as the reference.
 """
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ import numpy as np
 
 from .schedules import full_step_indices
 
-PAPER, CALIBRATED = "paper", "calibrated"
-PLACEMENTS = (PAPER, CALIBRATED)
+AUTO, PAPER, CALIBRATED = "auto", "paper", "calibrated"
+PLACEMENTS = (AUTO, PAPER, CALIBRATED)
 
 
 def placement_cost(errors: np.ndarray, full: list[int]) -> float:
@@ -118,10 +121,14 @@ def masked_before(counts: list[int]) -> np.ndarray:
     return 1.0 - np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / total
 
 
+def placement_table(shortcut) -> dict:
+    """{"N": {"B": [full steps]}} from a shortcut file's calibration ({} for none)."""
+    return ((getattr(shortcut, "info", None) or {}).get("placements") or {}).get("table") or {}
+
+
 def calibrated_indices(shortcut, steps: int, full_steps: int) -> list[int] | None:
     """The placement a shortcut file stores for (N, B), or None."""
-    table = ((getattr(shortcut, "info", None) or {}).get("placements") or {}).get("table") or {}
-    found = (table.get(str(steps)) or {}).get(str(full_steps))
+    found = (placement_table(shortcut).get(str(steps)) or {}).get(str(full_steps))
     return [int(i) for i in found] if found else None
 
 
@@ -131,11 +138,16 @@ def resolve_placement(steps: int, full_steps, placement: str, shortcut) -> tuple
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if placement == PAPER or shortcut is None or full_steps is None:
         return None, ""
-    if isinstance(full_steps, bool) or not isinstance(full_steps, int):
+    explicit = isinstance(full_steps, bool) or not isinstance(full_steps, int)
+    if explicit and placement == AUTO:
+        return None, ""  # an explicit list is its own placement
+    if explicit:
         raise ValueError("placement='calibrated' chooses where B full steps go: pass full_steps as a count B, "
                          "not an explicit list")
     found = calibrated_indices(shortcut, steps, full_steps)
-    if found is None:
-        return None, (f"paper placement: the shortcut has no calibrated placement for N={steps}, B={full_steps} "
-                      f"(run training.calibrate with --steps {steps} --budgets {full_steps})")
-    return found, f"calibrated placement {','.join(map(str, found))}"
+    if found is not None:
+        return found, f"calibrated placement {','.join(map(str, found))}"
+    if placement == AUTO and not placement_table(shortcut):
+        return None, ""  # a file that was never calibrated (the published ones): the paper's, as the reference
+    return None, (f"paper placement: the shortcut has no calibrated placement for N={steps}, B={full_steps} "
+                  f"(run training.calibrate with --steps {steps} --budgets {full_steps})")

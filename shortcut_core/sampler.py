@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from .placement import resolve_placement
+from .placement import AUTO, CALIBRATED, resolve_placement
 from .schedules import resolve_full_steps
 
 
@@ -181,7 +181,7 @@ def sample(
     seed: int = 0,
     callback: Callable[[StepInfo], None] | None = None,
     decode: bool = True,
-    placement: str = "paper",
+    placement: str = AUTO,
     base_every_step: bool = False,
     **options,
 ) -> GenerationResult:
@@ -190,8 +190,10 @@ def sample(
     ``full_steps``: None (every step), an int B (placed as in the paper), or an explicit
     list / "0,3,5" string. Without a shortcut every step is full whatever ``full_steps``
     says, so "off" is exactly plain sampling; ``shortcut=FeatureCache()`` skips the same steps
-    without a shortcut (training-free baseline). ``placement="calibrated"`` puts B full steps
-    where the shortcut file's calibration says (``shortcut_core.placement``).
+    without a shortcut (training-free baseline). With a count B, ``placement`` says where the B
+    full steps go (``shortcut_core.placement``): "auto" (default) where the shortcut file's
+    calibration says when it covers (N, B), else as the paper; "paper"; "calibrated" (the
+    file's, falling back to the paper's with a note in the report).
     ``base_every_step``: shortcut steps run the base model too, on the same state, and hand its
     feature to the callback (``StepInfo.base_feats``) while the tokens still follow the shortcut's
     prediction (on-policy recording; counted in ``base_passes``). ``options`` go to the family
@@ -207,7 +209,7 @@ def sample(
             full_steps = whole_number("full_steps", full_steps)
     full_list = resolve_full_steps(steps, full_steps)
     cache = isinstance(shortcut, FeatureCache)
-    if cache and placement != "paper":
+    if cache and placement == CALIBRATED:
         raise ValueError(f"placement={placement!r} reads a shortcut file's calibration, and a feature cache has none; "
                          f"pass the full steps as a list (e.g. full_steps=[0, 2, 4, 8]) to place them")
     calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from shortcut_core import generate, load_migm, load_shortcut, save_migm, save_shortcut
+from shortcut_core import FeatureCache, generate, load_migm, load_shortcut, save_migm, save_shortcut
 from shortcut_core.placement import (calibrated_indices, masked_before, optimal_placement, placement_cost,
                                      remap_errors, resolve_placement)
 from shortcut_core.schedules import full_step_indices, reveal_counts
@@ -79,12 +79,39 @@ def test_calibrated_placements_round_trip_and_fall_back(tmp_path):
                         decode=False)
     assert fallback.stats.full_step_indices == full_step_indices(8, 4)
     assert "no calibrated placement for N=8, B=4" in fallback.stats.report()
-    paper = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, decode=False)
+    paper = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, placement="paper", decode=False)
     assert paper.stats.full_step_indices == full_step_indices(8, 3) and "placement" not in paper.stats.report()
     with pytest.raises(ValueError, match="count B"):
         resolve_placement(8, [0, 2], "calibrated", shortcut)
     with pytest.raises(ValueError, match="placement must be one of"):
         generate(migm, classes=0, steps=4, full_steps=2, shortcut=shortcut, placement="smart")
+
+
+def test_auto_placement_is_the_files_where_it_has_one_and_the_papers_elsewhere(tmp_path):
+    """The default: a calibrated file's placement for (N, B); the paper's, with a note, for an
+    (N, B) it lacks; the paper's, silently, for a file never calibrated (the published ones)."""
+    _, migm, sc_path = saved_pair(tmp_path, info={"placements": {"table": {"8": {"3": [0, 5, 6]}}}})
+    shortcut = load_shortcut(sc_path, migm)
+    run = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, decode=False)
+    assert run.stats.full_step_indices == [0, 5, 6] and "calibrated placement 0,5,6" in run.stats.report()
+    same = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, placement="calibrated", decode=False)
+    assert torch.equal(run.tokens, same.tokens)
+    uncovered = generate(migm, classes=[0, 1], steps=8, full_steps=4, shortcut=shortcut, decode=False)
+    assert uncovered.stats.full_step_indices == full_step_indices(8, 4)
+    assert "no calibrated placement for N=8, B=4" in uncovered.stats.report()
+    explicit = generate(migm, classes=[0, 1], steps=8, full_steps=[0, 1, 7], shortcut=shortcut, decode=False)
+    assert explicit.stats.full_step_indices == [0, 1, 7] and "placement" not in explicit.stats.report()
+    cache = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=FeatureCache(), decode=False)
+    assert cache.stats.full_step_indices == full_step_indices(8, 3)
+    with pytest.raises(ValueError, match="feature cache has none"):
+        generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=FeatureCache(), placement="calibrated")
+
+    plain_file = tmp_path / "never_calibrated"
+    plain_file.mkdir()
+    _, migm2, sc2 = saved_pair(plain_file)
+    published = generate(migm2, classes=[0, 1], steps=8, full_steps=3, shortcut=load_shortcut(sc2, migm2), decode=False)
+    assert published.stats.full_step_indices == full_step_indices(8, 3)
+    assert "placement" not in published.stats.report()
 
 
 def committed_drift(migm, run: list, plain: list) -> float:
@@ -131,7 +158,7 @@ def test_calibrated_run_drifts_less_from_the_plain_run_than_the_paper_placement(
         return seen
 
     plain = steps_of()
-    paper = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3), plain)
+    paper = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3, placement="paper"), plain)
     calibrated = committed_drift(migm, steps_of(shortcut=shortcut, full_steps=3, placement="calibrated"), plain)
     assert calibrated < 0.95 * paper, (calibrated, paper)
 

@@ -250,7 +250,7 @@ def record_trajectories(
     width: int | None = None,
     policy=None,
     policy_full_steps: int | None = None,
-    policy_placement: str = "paper",
+    policy_placement: str = "auto",
 ) -> RecordResult:
     """Record ``count`` trajectories of plain sampling into ``out_dir``.
 
@@ -488,7 +488,7 @@ def policy_settings(migm, policy, steps: int, full_steps: int | None, placement:
                          f"--policy-placement paper or calibrate it first (training.calibrate)")
     indices = calibrated or resolve_full_steps(steps, full_steps)
     return {"shortcut_fingerprint": fingerprint(policy.state_dict(), policy.config.to_dict()),
-            "full_step_indices": [int(i) for i in indices], "placement": placement}
+            "full_step_indices": [int(i) for i in indices], "placement": "calibrated" if calibrated else "paper"}
 
 
 # -- command line -------------------------------------------------------------------
@@ -546,8 +546,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "(with --policy-full-steps), features are the base model's "
                                                          "at every step; give it again on --resume")
     p.add_argument("--policy-full-steps", type=int, metavar="B", help="full steps of the policy's sampling")
-    p.add_argument("--policy-placement", choices=PLACEMENTS, default="paper",
-                   help="where the policy's B full steps go (default paper; calibrated: the shortcut file's)")
+    p.add_argument("--policy-placement", choices=PLACEMENTS, default="auto",
+                   help="where the policy's B full steps go, as the sampler's placement (default auto: the "
+                        "shortcut file's calibrated placement for (N, B) when it has one, else the paper's)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted recording in --out")
     p.add_argument("--verify", action="store_true", help="with --resume: re-read every finished shard and re-record any that fails its checksum")
     p.add_argument("--no-disk-check", action="store_true", help="record even when the estimate exceeds the free disk space")

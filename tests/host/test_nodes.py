@@ -441,6 +441,20 @@ def test_calibrated_placement_is_a_choice_of_the_sampler(comfy, models):
     assert any(not np.array_equal(a, b) for a, b in zip(images_of(comfy, calibrated), images_of(comfy, paper)))
 
 
+def test_auto_placement_is_the_samplers_default_and_follows_the_file(comfy, models):
+    """auto (the default): the file's calibrated placement where it has one, the paper's elsewhere."""
+    placement = comfy.object_info("MIGMShortcutSampler")["input"]["required"]["placement"]
+    assert placement[1]["options"] == ["auto", "paper", "calibrated"] and placement[1]["default"] == "auto"
+    settings = dict(classes="0,2", seed=3, steps=8, full_steps=3)
+    auto = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="auto", prefix="auto_cal", **settings), timeout=120)
+    calibrated = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="calibrated", prefix="auto_vs_cal",
+                                          **settings), timeout=120)
+    plain_file = comfy.run(generate_graph(placement="auto", prefix="auto_uncalibrated", **settings), timeout=120)
+    assert "; calibrated placement 0,4,6" in report_of(auto)
+    assert all(np.array_equal(a, b) for a, b in zip(images_of(comfy, auto), images_of(comfy, calibrated)))
+    assert "placement" not in report_of(plain_file)  # a file never calibrated samples as the paper (the reference)
+
+
 def test_new_settings_run_without_restart(comfy, models):
     first = comfy.run(generate_graph(steps=8, full_steps=3, batch_size=1, seed=1, prefix="run_a"), timeout=120)
     second = comfy.run(generate_graph(steps=12, full_steps=5, batch_size=3, seed=2, classes="a, c",

@@ -31,12 +31,10 @@ from training.fmnist.sweep import DEFAULT_MIGM, FIDELITY_SEED_OFFSET, REGIMES, r
 
 
 def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, batch: int,
-                  placement: str | None = None, seed: int = 0, **options) -> tuple[np.ndarray, float]:
+                  placement: str = "auto", seed: int = 0, **options) -> tuple[np.ndarray, float]:
     """(uint8 images, sampling seconds) of ``images`` images in chunks of ``batch`` (chunk k has seed
-    ``seed`` + k, as the sweep's); placement None: the file's calibrated one for (steps, full) when it has one;
-    ``options``: sampling settings other than the model's recommended ones."""
-    if placement is None:
-        placement = "calibrated" if full is not None and calibrated_indices(shortcut, steps, full) else "paper"
+    ``seed`` + k, as the sweep's); placement as the sampler's (default auto: the file's calibrated one
+    for (steps, full) when it has one); ``options``: sampling settings other than the model's recommended ones."""
     out, seconds = [], 0.0
     for chunk in range(-(-images // batch)):
         r = generate(migm, regime_classes(regime, batch), steps=steps, full_steps=full,
@@ -48,7 +46,7 @@ def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, ba
 
 
 def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: int, classifier,
-             ref, placement: str | None = None, base=None, seed: int = 0) -> tuple[float, float, float | None]:
+             ref, placement: str = "auto", base=None, seed: int = 0) -> tuple[float, float, float | None]:
     """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the
     feature statistics of the base model's own samples (``base_samples``), or None."""
     generated, seconds = sample_chunks(migm, shortcut, regime, steps, full, images, batch, placement, seed)

@@ -627,7 +627,9 @@ def write_markdown(path: Path, sections: dict, meta: dict) -> None:
         f"every row: the Pareto plots and the 2x check use it. Headline rows have {meta['headline_images']} images "
         f"in two seed blocks; their FD on all images decides the same-N and equal-passes targets, and the gap "
         f"between their blocks is the noise those targets allow. Seconds: the sampling loop only (decoding adds "
-        f"{meta['decode_ms']:.2f} ms/image to every row).",
+        f"{meta['decode_ms']:.2f} ms/image to every row). Shortcut rows marked calibrated place their full steps "
+        f"where the shortcut file says for that N and B, as the sampler does by default (placement 'auto'); the "
+        f"other shortcut rows place them as the paper does.",
         "",
         *([meta["note"], ""] if meta.get("note") else []),
     ]
