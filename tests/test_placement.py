@@ -199,5 +199,7 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
     assert placements["method"] == RULE
     assert placements["table"] == {"8": {"3": [0, 2, 4], "2": [0, 3]}}  # the DP's table is gone, the rule's kept
     assert placements["runs"]["8/3"]["chosen_in"] == "2 of 3 chunks"
+    assert placements["runs"]["8/3"]["command"] == "python -m training.fmnist.adaptive --steps 8"
+    assert placements["runs"]["8/2"]["command"] == placements["command"]  # the latest write
     assert calibrated_indices(load_shortcut(out, migm), 8, 3) == [0, 2, 4]
     assert torch.equal(next(load_shortcut(out, migm).parameters()), next(load_shortcut(source, migm).parameters()))

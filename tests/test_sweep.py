@@ -57,6 +57,12 @@ def test_same_n_and_equal_pass_targets_use_all_images_and_the_block_noise():
     cal = targets(results)["calibrated_vs_paper"][0]
     # 70.2 vs 72.0, both blocks within 1.0: better beyond the noise.
     assert cal["verdict"] == "better" and cal["placements"] == {"calibrated": [0, 5, 9, 13], "paper": [0, 4, 8, 12]}
+    # rows without seed blocks say which is lower, never better or worse
+    few = [row("shortcut_N16_B2", 16, 2, 80.0, 20), {**row("shortcut_N16_B2_cal", 16, 2, 78.0, 20),
+                                                      "full_step_indices": [0, 4]}]
+    few[0]["full_step_indices"] = [0, 8]
+    (unmeasured,) = targets(few)["calibrated_vs_paper"]
+    assert unmeasured["noise"] is None and unmeasured["verdict"] == "lower (one seed block: noise not measured)"
     # With the calibrated row swept, the targets judge the shortcut as it ships (its file's placement);
     # the paper-placement row is still reported.
     paper_row = results[3]
@@ -318,3 +324,21 @@ def test_quick_fd_seed_moves_every_sample_off_the_sweeps_seeds():
     at_1, _ = sample_chunks(migm, None, "uncond", 2, None, 8, 4, seed=1)
     assert (at_1[:4] == at_0[4:]).all()  # chunk k has seed + k, as the sweep's
     assert not (at_1[:4] == at_0[:4]).all()
+
+
+def test_placement_check_compares_the_files_placement_with_the_papers_on_other_seeds(tmp_path):
+    from training.fmnist.placement_check import main as check_main
+
+    out = tmp_path / "check"
+    rows = check_main(["--settings", "16:4", "--regimes", "uncond", "--images", "40", "--batch", "20", "--seed", "7",
+                       "--base-steps", "4", "--threads", "1", "--out", str(out)])
+    (r,) = rows
+    assert r["placement"] == [0, 2, 4, 8]  # the shipped file's 16/4
+    assert r["paper"]["fd"] != r["calibrated"]["fd"] and len(r["calibrated"]["blocks"]) == 2
+    assert r["noise"] == max(abs(r[k]["blocks"][0] - r[k]["blocks"][1]) for k in ("paper", "calibrated"))
+    gap = r["calibrated"]["fd"] - r["paper"]["fd"]
+    assert r["verdict"] == ("within the block noise" if abs(gap) <= r["noise"] else "better" if gap < 0 else "worse")
+    assert "| uncond | 16/4 | 0,2,4,8 |" in out.with_suffix(".md").read_text()
+    with pytest.raises(ValueError, match="no placement for N=16, B=5"):
+        check_main(["--settings", "16:5", "--regimes", "uncond", "--images", "40", "--batch", "20",
+                    "--base-steps", "2", "--threads", "1", "--out", str(out)])

@@ -177,12 +177,12 @@ def write_placements(args, rows: list[dict], argv) -> None:
     table = old.get("table", {}) if same_method else {}
     runs = dict(old.get("runs", {})) if same_method else {}
     table.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
+    command = " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])
     runs[f"{args.steps}/{args.budget}"] = {
-        "chosen_in": f"{count} of {sum(votes.values())} chunks",
+        "chosen_in": f"{count} of {sum(votes.values())} chunks", "command": command,
         **{row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"], "fd_paper": row["fd_paper"],
                            "images": row["images"]} for row in rows}}
-    write_into(source, target, {"table": table, "method": RULE, "runs": runs,
-                                "command": " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])})
+    write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command})
     print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget} into {target}")
 
 

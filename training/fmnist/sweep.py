@@ -446,10 +446,13 @@ def block_noise(*rows: dict, count: int | None = None, blocks: str = "fd_blocks"
 
 
 def verdict(t: dict) -> str:
-    """The first row of a pair (``fd_shortcut``) against the second (``fd_plain``), beyond the block noise or not."""
-    noise = t["noise"] or 0.0
-    return ("better" if t["fd_shortcut"] < t["fd_plain"] - noise else
-            "worse" if t["fd_shortcut"] > t["fd_plain"] + noise else "within the block noise")
+    """The first row of a pair (``fd_shortcut``) against the second (``fd_plain``), beyond the block noise or not;
+    rows without seed blocks only say which is lower, since nothing measured their noise."""
+    if t["noise"] is None:
+        return ("lower" if t["fd_shortcut"] < t["fd_plain"] else "higher" if t["fd_shortcut"] > t["fd_plain"]
+                else "equal") + " (one seed block: noise not measured)"
+    return ("better" if t["fd_shortcut"] < t["fd_plain"] - t["noise"] else
+            "worse" if t["fd_shortcut"] > t["fd_plain"] + t["noise"] else "within the block noise")
 
 
 def targets(results: list[dict]) -> dict:
