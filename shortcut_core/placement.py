@@ -144,6 +144,8 @@ def resolve_placement(steps: int, full_steps, placement: str, shortcut) -> tuple
     if explicit:
         raise ValueError("placement='calibrated' chooses where B full steps go: pass full_steps as a count B, "
                          "not an explicit list")
+    if full_steps >= steps:
+        return None, ""  # every step is full: nothing to place
     found = calibrated_indices(shortcut, steps, full_steps)
     if found is not None:
         return found, f"calibrated placement {','.join(map(str, found))}"

@@ -99,6 +99,8 @@ def test_auto_placement_is_the_files_where_it_has_one_and_the_papers_elsewhere(t
     uncovered = generate(migm, classes=[0, 1], steps=8, full_steps=4, shortcut=shortcut, decode=False)
     assert uncovered.stats.full_step_indices == full_step_indices(8, 4)
     assert "no calibrated placement for N=8, B=4" in uncovered.stats.report()
+    every = generate(migm, classes=[0, 1], steps=8, full_steps=8, shortcut=shortcut, decode=False)
+    assert every.stats.full_step_indices == list(range(8)) and "placement" not in every.stats.report()
     explicit = generate(migm, classes=[0, 1], steps=8, full_steps=[0, 1, 7], shortcut=shortcut, decode=False)
     assert explicit.stats.full_step_indices == [0, 1, 7] and "placement" not in explicit.stats.report()
     cache = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=FeatureCache(), decode=False)
