@@ -334,7 +334,20 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
                        "--base-steps", "4", "--threads", "1", "--out", str(out)])
     (r,) = rows
     assert r["placement"] == [0, 2, 4, 8]  # the shipped file's 16/4
-    assert r["paper"]["fd"] != r["calibrated"]["fd"] and len(r["calibrated"]["blocks"]) == 2
+    assert r["paper"]["fd"] != r["calibrated"]["fd"]
+    # the same figures as scoring the images afresh: all of them, and each seed block of 20 (one chunk)
+    from training.fmnist.ablation import sample_chunks
+    from training.fmnist.classifier import load_classifier
+    from training.fmnist.fd import fd_fmnist, reference_stats
+
+    migm = load_migm(DEFAULT_MIGM)
+    images, _ = sample_chunks(migm, load_shortcut(DEFAULT_SHORTCUT, migm), "uncond", 16, 4, 40, 20,
+                              placement="calibrated", seed=7)
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    assert r["calibrated"]["fd"] == pytest.approx(fd_fmnist(images, classifier, ref))
+    assert r["calibrated"]["blocks"] == pytest.approx([fd_fmnist(images[:20], classifier, ref),
+                                                       fd_fmnist(images[20:], classifier, ref)])
     assert r["noise"] == max(abs(r[k]["blocks"][0] - r[k]["blocks"][1]) for k in ("paper", "calibrated"))
     gap = r["calibrated"]["fd"] - r["paper"]["fd"]
     assert r["verdict"] == ("within the block noise" if abs(gap) <= r["noise"] else "better" if gap < 0 else "worse")

@@ -186,6 +186,12 @@ def image_stats(images, classifier: torch.nn.Module, batch_size: int = 500) -> F
     return feature_stats(extract_features(images, classifier, batch_size))
 
 
+def halves_fd(features: np.ndarray, half: int, reference_stats: FeatureStats) -> list[float]:
+    """FD of the two seed blocks of already extracted ``features`` (before and after ``half``): the
+    gap between them shows the sampling noise."""
+    return [frechet_distance_stats(feature_stats(part), reference_stats) for part in (features[:half], features[half:])]
+
+
 def fd_fmnist(images, classifier: torch.nn.Module, reference_stats: FeatureStats, batch_size: int = 500) -> float:
     """FD-FMNIST of ``images`` against precomputed reference statistics (see ``reference_stats``).
 

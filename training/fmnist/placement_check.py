@@ -23,10 +23,9 @@ import torch
 from shortcut_core import load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
 from training.fmnist.ablation import base_samples, sample_chunks
-from training.fmnist.adaptive import fd_and_blocks
 from training.fmnist.classifier import load_classifier
-from training.fmnist.fd import frechet_distance_stats, image_stats, reference_stats
-from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, verdict
+from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
+from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, verdict
 
 
 def check(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, seed: int,
@@ -39,18 +38,19 @@ def check(migm, shortcut, regime: str, steps: int, budget: int, images: int, bat
     for name in ("paper", "calibrated"):
         generated, seconds = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement=name,
                                            seed=seed)
-        fd, blocks = fd_and_blocks(generated, half, classifier, ref)
-        row[name] = {"fd": fd, "blocks": blocks, "to_base": frechet_distance_stats(image_stats(generated, classifier), base),
-                     "ms_per_image": seconds / images * 1e3}
+        feats = extract_features(generated, classifier)  # once: all images, the blocks and the base share it
+        stats = feature_stats(feats)
+        row[name] = {"fd": frechet_distance_stats(stats, ref), "blocks": halves_fd(feats, half, ref),
+                     "to_base": frechet_distance_stats(stats, base), "ms_per_image": seconds / images * 1e3}
     paper, cal = row["paper"], row["calibrated"]
-    row["noise"] = max(abs(paper["blocks"][0] - paper["blocks"][1]), abs(cal["blocks"][0] - cal["blocks"][1]))
+    row["noise"] = block_noise({"fd_blocks": paper["blocks"]}, {"fd_blocks": cal["blocks"]})
     row["verdict"] = verdict({"fd_shortcut": cal["fd"], "fd_plain": paper["fd"], "noise": row["noise"]})
     return row
 
 
 def markdown(rows: list[dict], args) -> str:
     lines = [f"Placement check: {args.images} images per row, seeds {args.seed}.. (chunks of {args.batch}); FD-FMNIST "
-             f"to the data (seed blocks), and to plain N=16's own samples ('to base'). Shortcut `{args.shortcut}`.", "",
+             f"to the data (seed blocks), and to plain N={args.base_steps}'s own samples ('to base'). Shortcut `{args.shortcut}`.", "",
              "| regime | N/B | file's placement | paper: FD (blocks) | file's: FD (blocks) | noise | verdict | "
              "to base: paper | file's |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

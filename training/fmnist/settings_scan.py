@@ -25,7 +25,7 @@ from shortcut_core import load_migm
 from training.fmnist.ablation import sample_chunks
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import (class_consistency, extract_features, feature_stats, frechet_distance_stats,
-                                reference_stats)
+                                halves_fd, reference_stats)
 from training.fmnist.sweep import DEFAULT_MIGM, regime_classes
 
 
@@ -49,16 +49,12 @@ def measure(migm, row: dict, args, classifier, ref) -> dict:
                                     seed=args.seed, **options)
     half = len(images) // 2 // args.batch * args.batch or len(images) // 2  # whole chunks: balanced classes
     feats = extract_features(images, classifier)  # once; the halves are slices of it
-
-    def fd(part) -> float:
-        return frechet_distance_stats(feature_stats(part), ref)
-
     consistency = None
     if row["regime"] == "cond":
         labels = np.concatenate([regime_classes("cond", args.batch)] * -(-args.images // args.batch))
         consistency = class_consistency(images, labels[:len(images)], classifier)
-    return {**row, "key": row_key(row), "images": len(images), "seed": args.seed, "batch": args.batch, "fd": fd(feats),
-            "fd_halves": [fd(feats[:half]), fd(feats[half:])], "class_consistency": consistency,
+    return {**row, "key": row_key(row), "images": len(images), "seed": args.seed, "batch": args.batch, "fd": frechet_distance_stats(feature_stats(feats), ref),
+            "fd_halves": halves_fd(feats, half, ref), "class_consistency": consistency,
             "ms_per_image": seconds / len(images) * 1e3, "dtype": args.dtype}
 
 
