@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 from shortcut_core import FeatureCache, full_step_indices, generate, load_migm, load_shortcut  # noqa: E402
-from shortcut_core.placement import calibrated_indices  # noqa: E402
+from shortcut_core.placement import COND, UNCOND, calibrated_indices  # noqa: E402
 from shortcut_core.progress import ProgressBar  # noqa: E402
 from training.fmnist.sweep import image_grid, to_uint8  # noqa: E402
 
@@ -91,18 +91,18 @@ def main(argv=None) -> dict:
     shortcut = load_shortcut(args.shortcut, migm)
     names = migm.class_names or [str(c) for c in range(migm.config.num_classes)]
     n, b = args.steps, args.full_steps
-    regimes = {"class-conditional": [c for c in range(len(names)) for _ in range(args.per_class)],
-               "unconditional": ["none"] * (len(names) * args.per_class)}
-    # the shortcut file's calibrated placement for (N, B) when it has one (the paper's otherwise)
-    full = calibrated_indices(shortcut, n, b) or full_step_indices(n, b)
-    runs = {"plain": dict(steps=n), "shortcut": dict(steps=n, full_steps=full, shortcut=shortcut),
-            "cache": dict(steps=n, full_steps=full, shortcut=FeatureCache()), "plain_b": dict(steps=b)}
+    regimes = {"class-conditional": ([c for c in range(len(names)) for _ in range(args.per_class)], COND),
+               "unconditional": (["none"] * (len(names) * args.per_class), UNCOND)}
     titles = {"plain": f"plain N={n}", "shortcut": f"shortcut N={n}, B={b}", "cache": f"cache N={n}, B={b} (no shortcut)",
               "plain_b": f"plain N={b} (same passes)"}
     generate(migm, list(range(len(names))), steps=2, seed=args.seed)  # warm-up: first-call overhead
     print(f"sampling settings: the model's own ({migm.sampling_defaults}); {migm.dtype}", flush=True)
     report, rows = {}, []
-    for regime, classes in regimes.items():
+    for regime, (classes, code) in regimes.items():
+        # the shortcut file's calibrated placement for (N, B) in this regime when it has one (the paper's otherwise)
+        full = calibrated_indices(shortcut, n, b, code) or full_step_indices(n, b)
+        runs = {"plain": dict(steps=n), "shortcut": dict(steps=n, full_steps=full, shortcut=shortcut),
+                "cache": dict(steps=n, full_steps=full, shortcut=FeatureCache()), "plain_b": dict(steps=b)}
         results = {}
         for key, kw in runs.items():
             bar = ProgressBar(kw["steps"], desc=f"{regime}, {titles[key]}", unit="step")

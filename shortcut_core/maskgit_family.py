@@ -13,6 +13,7 @@ import torch
 from .checkpoints import CheckpointError
 from .conditions import resolve_class_list
 from .first_step import FirstStepMemo, weights_stamp
+from .placement import regime_of
 from .maskgit import MaskGIT
 from .sampler import categorical, finite_number, gumbel_noise, masked_positions
 from .schedules import check_reveal_mode, reveal_counts
@@ -124,6 +125,10 @@ class MaskGITMIGM:
     # -- sampler protocol ---------------------------------------------------------
     def passes_per_full_step(self, state: MaskGITState) -> int:
         return 1  # cond and uncond share one batched forward
+
+    def placement_regime(self, state: MaskGITState) -> str | None:
+        """Which of a shortcut file's per-regime placements applies: null-class rows are unconditional."""
+        return regime_of((state.classes == self.config.null_class).tolist())
 
     def start(self, classes, *, steps: int, generator, cfg: float | None = None, sm_temp: float | None = None,
               r_temp: float | None = None, schedule: str | None = None, randomize: str | None = None,

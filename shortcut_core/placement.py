@@ -9,12 +9,16 @@ table on recorded trajectories and this module chooses the placement that minimi
 The cost of a placement is the sum over its shortcut steps of their entry; dynamic
 programming over (full steps used, last full step) finds the minimum exactly.
 
-A shortcut file stores the chosen placements in its metadata (``info["placements"]``);
-``sample(..., placement="calibrated")`` uses them and falls back to the paper's placement,
-saying so in the report, for an (N, B) the file does not cover. The default, ``"auto"``,
-uses them where the file has one for (N, B) and the paper's placement otherwise: the file's
-placement is part of what the shortcut recommends, as the base model's file recommends its
-sampling settings, and a published checkpoint, which carries none, samples as the reference.
+A shortcut file stores the chosen placements in its metadata (``info["placements"]``):
+``table`` {N: {B: steps}} for every run, and optionally ``by_regime`` {"cond" | "uncond":
+{N: {B: steps}}}, which overrides the table for runs of that regime only (a placement can
+help class-conditional sampling and hurt unconditional sampling, where the shortcut drifts
+differently). ``sample(..., placement="calibrated")`` uses them and falls back to the paper's
+placement, saying so in the report, for an (N, B) the file does not cover. The default,
+``"auto"``, uses them where the file has one for (N, B) and the paper's placement otherwise:
+the file's placement is part of what the shortcut recommends, as the base model's file
+recommends its sampling settings, and a published checkpoint, which carries none, samples as
+the reference. A batch that mixes both regimes gets the shared table's placement.
 """
 from __future__ import annotations
 
@@ -24,6 +28,17 @@ from .schedules import full_step_indices
 
 AUTO, PAPER, CALIBRATED = "auto", "paper", "calibrated"
 PLACEMENTS = (AUTO, PAPER, CALIBRATED)
+COND, UNCOND = "cond", "uncond"
+REGIMES = (COND, UNCOND)
+REGIME_WORDS = {COND: "conditional sampling", UNCOND: "unconditional sampling"}
+
+
+def regime_of(unconditional_rows) -> str | None:
+    """"uncond" when every row samples without a condition, "cond" when none does, None when mixed."""
+    flags = [bool(f) for f in unconditional_rows]
+    if flags and all(flags):
+        return UNCOND
+    return COND if not any(flags) else None
 
 
 def placement_cost(errors: np.ndarray, full: list[int]) -> float:
@@ -121,19 +136,31 @@ def masked_before(counts: list[int]) -> np.ndarray:
     return 1.0 - np.concatenate([[0.0], np.cumsum(counts)[:-1]]) / total
 
 
-def placement_table(shortcut) -> dict:
-    """{"N": {"B": [full steps]}} from a shortcut file's calibration ({} for none)."""
-    return ((getattr(shortcut, "info", None) or {}).get("placements") or {}).get("table") or {}
+def _stored(shortcut) -> dict:
+    return (getattr(shortcut, "info", None) or {}).get("placements") or {}
 
 
-def calibrated_indices(shortcut, steps: int, full_steps: int) -> list[int] | None:
-    """The placement a shortcut file stores for (N, B), or None."""
-    found = (placement_table(shortcut).get(str(steps)) or {}).get(str(full_steps))
+def placement_table(shortcut, regime: str | None = None) -> dict:
+    """{"N": {"B": [full steps]}} from a shortcut file's calibration ({} for none): the shared
+    table, with ``regime``'s own entries (``by_regime``) over it."""
+    stored = _stored(shortcut)
+    table = {n: dict(row) for n, row in (stored.get("table") or {}).items()}
+    for n, row in ((stored.get("by_regime") or {}).get(regime) or {}).items() if regime else ():
+        table.setdefault(n, {}).update(row)
+    return table
+
+
+def calibrated_indices(shortcut, steps: int, full_steps: int, regime: str | None = None) -> list[int] | None:
+    """The placement a shortcut file stores for (N, B), in ``regime`` when given, or None."""
+    found = (placement_table(shortcut, regime).get(str(steps)) or {}).get(str(full_steps))
     return [int(i) for i in found] if found else None
 
 
-def resolve_placement(steps: int, full_steps, placement: str, shortcut) -> tuple[list[int] | None, str]:
-    """(full-step indices or None for the sampler's own resolution, a note for the report)."""
+def resolve_placement(steps: int, full_steps, placement: str, shortcut,
+                      regime: str | None = None) -> tuple[list[int] | None, str]:
+    """(full-step indices or None for the sampler's own resolution, a note for the report).
+
+    ``regime``: "cond" or "uncond" for a run whose rows are all of one kind, None for a mixed one."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if placement == PAPER or shortcut is None or full_steps is None:
@@ -146,10 +173,18 @@ def resolve_placement(steps: int, full_steps, placement: str, shortcut) -> tuple
                          "not an explicit list")
     if full_steps >= steps:
         return None, ""  # every step is full: nothing to place
-    found = calibrated_indices(shortcut, steps, full_steps)
+    found = calibrated_indices(shortcut, steps, full_steps, regime)
+    own = calibrated_indices(shortcut, steps, full_steps) != found  # the regime's own entry decided
     if found is not None:
-        return found, f"calibrated placement {','.join(map(str, found))}"
-    if placement == AUTO and not placement_table(shortcut):
+        return found, f"calibrated placement {','.join(map(str, found))}" + (f" ({REGIME_WORDS[regime]})" if own else "")
+    stored = _stored(shortcut)
+    if placement == AUTO and not (stored.get("table") or stored.get("by_regime")):
         return None, ""  # a file that was never calibrated (the published ones): the paper's, as the reference
+    elsewhere = [REGIME_WORDS[r] for r in (COND, UNCOND) if r != regime
+                 and calibrated_indices(shortcut, steps, full_steps, r) is not None]
+    if elsewhere:
+        where = "this batch mixes conditional and unconditional rows" if regime is None else f"this is {REGIME_WORDS[regime]}"
+        return None, (f"paper placement: the shortcut's calibrated placement for N={steps}, B={full_steps} is for "
+                      f"{' and '.join(elsewhere)} only, and {where}")
     return None, (f"paper placement: the shortcut has no calibrated placement for N={steps}, B={full_steps} "
                   f"(run training.calibrate with --steps {steps} --budgets {full_steps})")

@@ -192,7 +192,8 @@ def sample(
     says, so "off" is exactly plain sampling; ``shortcut=FeatureCache()`` skips the same steps
     without a shortcut (training-free baseline). With a count B, ``placement`` says where the B
     full steps go (``shortcut_core.placement``): "auto" (default) where the shortcut file's
-    calibration says when it covers (N, B), else as the paper; "paper"; "calibrated" (the
+    calibration says when it covers (N, B) for this run's regime (``migm.placement_regime``:
+    conditional, unconditional or mixed), else as the paper; "paper"; "calibrated" (the
     file's, falling back to the paper's with a note in the report).
     ``base_every_step``: shortcut steps run the base model too, on the same state, and hand its
     feature to the callback (``StepInfo.base_feats``) while the tokens still follow the shortcut's
@@ -212,17 +213,18 @@ def sample(
     if cache and placement == CALIBRATED:
         raise ValueError(f"placement={placement!r} reads a shortcut file's calibration, and a feature cache has none; "
                          f"pass the full steps as a list (e.g. full_steps=[0, 2, 4, 8]) to place them")
-    calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut)
+    if shortcut is not None and not cache:
+        migm.check_shortcut(shortcut)
+        check_same_place(migm, shortcut)
+    generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
+    state = migm.start(conditions, steps=steps, generator=generator, **options)
+    calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut,
+                                                   migm.placement_regime(state))
     if calibrated is not None:
         full_list = calibrated
     if shortcut is None:
         full_list = list(range(steps))
-    elif not cache:
-        migm.check_shortcut(shortcut)
-        check_same_place(migm, shortcut)
     full_set = set(full_list)
-    generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
-    state = migm.start(conditions, steps=steps, generator=generator, **options)
     if cache and full_list != list(range(steps)):
         placement_note = "; ".join(filter(None, ["skipped steps reuse the last full step's feature (feature cache, "
                                                  "no shortcut)", placement_note]))

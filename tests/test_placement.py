@@ -10,7 +10,7 @@ import torch
 
 from shortcut_core import FeatureCache, generate, load_migm, load_shortcut, save_migm, save_shortcut
 from shortcut_core.placement import (calibrated_indices, masked_before, optimal_placement, placement_cost,
-                                     remap_errors, resolve_placement)
+                                     regime_of, remap_errors, resolve_placement)
 from shortcut_core.schedules import full_step_indices, reveal_counts
 from tests.tiny import tiny_migm, tiny_shortcut
 
@@ -194,7 +194,8 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
         return [{"regime": "cond", "tau": 0.3, "fd_adaptive": 1.0, "fd_paper": 2.0, "images": 10,
                  "placements": [list(p) for p in placements]}]
 
-    args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base))
+    args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base),
+                           for_regime=None)
     write_placements(args, rows((0, 2, 4), (0, 2, 4), (0, 2, 5)), ["--steps", "8"])
     write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), rows((0, 3)), ["--steps", "8"])
     placements = load_shortcut(out, migm).info["placements"]
@@ -205,3 +206,78 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
     assert placements["runs"]["8/2"]["command"] == placements["command"]  # the latest write
     assert calibrated_indices(load_shortcut(out, migm), 8, 3) == [0, 2, 4]
     assert torch.equal(next(load_shortcut(out, migm).parameters()), next(load_shortcut(source, migm).parameters()))
+
+
+def test_a_regimes_own_placement_overrides_the_shared_one_for_that_regime_only(tmp_path):
+    """A file may hold a placement for class-conditional sampling that unconditional sampling
+    does without (and the other way round): each run takes its regime's, a batch that mixes
+    the two takes the shared table's, and the report says which and why."""
+    assert regime_of([True, True]) == "uncond" and regime_of([False]) == "cond" and regime_of([True, False]) is None
+    table = {"8": {"3": [0, 5, 6], "4": [0, 1, 2, 3]}}
+    _, migm, sc_path = saved_pair(tmp_path, info={"placements": {"table": table, "by_regime": {
+        "cond": {"8": {"2": [0, 2], "4": [0, 2, 4, 6]}}, "uncond": {"8": {"4": [0, 1, 3, 5]}}}}})
+    shortcut = load_shortcut(sc_path, migm)
+    assert calibrated_indices(shortcut, 8, 2, "cond") == [0, 2] and calibrated_indices(shortcut, 8, 2) is None
+    assert calibrated_indices(shortcut, 8, 2, "uncond") is None
+    assert calibrated_indices(shortcut, 8, 3, "uncond") == [0, 5, 6]  # the shared entry where the regime has none
+
+    def run(classes, budget, **kw):
+        return generate(migm, classes=classes, steps=8, full_steps=budget, shortcut=shortcut, decode=False, **kw).stats
+
+    cond, uncond, mixed = run([0, 1], 4), run(["none", "none"], 4), run([0, "none"], 4)
+    assert cond.full_step_indices == [0, 2, 4, 6] and "0,2,4,6 (conditional sampling)" in cond.report()
+    assert uncond.full_step_indices == [0, 1, 3, 5] and "(unconditional sampling)" in uncond.report()
+    assert mixed.full_step_indices == [0, 1, 2, 3] and "calibrated placement 0,1,2,3;" in mixed.report() + ";"
+    shared = run(["none"], 3)
+    assert shared.full_step_indices == [0, 5, 6] and "sampling)" not in shared.report()
+
+    only_cond = run([2, 1], 2, placement="calibrated")
+    assert only_cond.full_step_indices == [0, 2]
+    for classes, why in ((["none"], "this is unconditional sampling"), ([2, "none"], "this batch mixes")):
+        fallback = run(classes, 2)
+        assert fallback.full_step_indices == full_step_indices(8, 2)
+        assert "is for conditional sampling only" in fallback.report() and why in fallback.report()
+
+
+def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
+    from types import SimpleNamespace
+
+    from training.fmnist.adaptive import main as adaptive_main, write_placements
+
+    base, migm, source = saved_pair(tmp_path)
+    out = tmp_path / "sc_rule.safetensors"
+    rows = [{"regime": regime, "steps": 8, "budget": 3, "tau": 0.3, "fd_adaptive": 1.0, "fd_paper": 2.0,
+             "images": 10, "placements": [placement]} for regime, placement in (("cond", [0, 2, 5]),
+                                                                                 ("uncond", [0, 4, 6]))]
+    args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base),
+                           for_regime=None)
+    write_placements(args, rows[1:], ["--steps", "8"])  # shared: what the unconditional run chose
+    write_placements(SimpleNamespace(**{**vars(args), "for_regime": "cond"}), rows, ["--for-regime", "cond"])
+    placements = load_shortcut(out, migm).info["placements"]
+    assert placements["table"] == {"8": {"3": [0, 4, 6]}}
+    assert placements["by_regime"] == {"cond": {"8": {"3": [0, 2, 5]}}}  # from the cond rows' votes only
+    assert set(placements["runs"]) == {"8/3", "8/3 cond"}
+    shortcut = load_shortcut(out, migm)
+    assert calibrated_indices(shortcut, 8, 3, "cond") == [0, 2, 5]
+    assert calibrated_indices(shortcut, 8, 3, "uncond") == calibrated_indices(shortcut, 8, 3) == [0, 4, 6]
+
+    saved = tmp_path / "rows.json"
+    saved.write_text(__import__("json").dumps(rows[1:]))
+    with pytest.raises(SystemExit):  # no cond rows in that file: refused by name, nothing written
+        adaptive_main(["--steps", "8", "--budget", "3", "--rows", str(saved), "--for-regime", "cond",
+                       "--write-placements", str(out)])
+    with pytest.raises(SystemExit):
+        adaptive_main(["--steps", "8", "--budget", "3", "--for-regime", "cond"])  # where to write it?
+    assert load_shortcut(out, migm).info["placements"] == placements
+
+
+def test_an_on_policy_recording_follows_its_regimes_placement(tmp_path):
+    from training.record import policy_settings
+
+    _, migm, sc_path = saved_pair(tmp_path, info={"placements": {"by_regime": {"cond": {"8": {"3": [0, 2, 5]}}}}})
+    policy = load_shortcut(sc_path, migm)
+    assert policy_settings(migm, policy, 8, 3, "auto", "cond")["full_step_indices"] == [0, 2, 5]
+    unconditional = policy_settings(migm, policy, 8, 3, "auto", "uncond")
+    assert unconditional["full_step_indices"] == full_step_indices(8, 3) and unconditional["placement"] == "paper"
+    with pytest.raises(ValueError, match="no calibrated placement"):
+        policy_settings(migm, policy, 8, 3, "calibrated", "uncond")

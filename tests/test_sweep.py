@@ -2,6 +2,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -284,7 +285,8 @@ def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path)
                             "--seed", "3", "--out", str(out)])
     row = report["rows"][0]
     assert "seeds 3.. for every row" in out.read_text()
-    assert row["placement"] == [0, 2, 4, 8]  # the shipped file's calibrated 16/4
+    assert row["placement"] == {"cond": [0, 2, 4, 8], "uncond": [0, 2, 4, 8]}  # the shipped file's calibrated 16/4
+    assert row["cache_full_steps"] == row["placement"]
     assert set(row["fd_cache"]) == {"cond", "uncond"} and row["fd_cache"] != row["fd"]
     assert f"{row['fd']['cond']:.2f} ({row['fd_cache']['cond']:.2f})" in out.read_text()
     # fidelity: every row and the cache also against plain N=16's own samples at other seeds
@@ -355,3 +357,30 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
     with pytest.raises(ValueError, match="no placement for N=16, B=5"):
         check_main(["--settings", "16:5", "--regimes", "uncond", "--images", "40", "--batch", "20",
                     "--base-steps", "2", "--threads", "1", "--out", str(out)])
+
+
+def test_ablation_shows_a_placement_per_regime_when_they_differ():
+    from training.fmnist.ablation import placement_text
+
+    assert placement_text({"cond": [0, 2, 4, 8], "uncond": [0, 2, 4, 8]}) == "0,2,4,8"
+    assert placement_text({"cond": [0, 2, 5], "uncond": "paper"}) == "cond 0,2,5; uncond paper"
+
+
+def test_a_calibrated_row_runs_only_in_the_regimes_the_file_places_it_for(tmp_path):
+    """A placement stored for class-conditional sampling only: the calibrated row is swept there with
+    it, and left out unconditionally, where it would repeat the paper row under another name."""
+    migm = load_migm(DEFAULT_MIGM)
+    path = tmp_path / "cond_only.safetensors"
+    save_shortcut(load_shortcut(DEFAULT_SHORTCUT, migm), path, base_fingerprint=migm.fingerprint,
+                  info={"placements": {"by_regime": {"cond": {"4": {"2": [0, 1]}}}}})
+    report = main(["--regimes", "uncond,cond", "--plain", "2", "--shortcut-settings", "4:2,4:2c", "--cache-settings",
+                   "", "--images", "20", "--headline", "", "--batch", "20", "--cost-repeats", "1", "--grids", "",
+                   "--fidelity-steps", "0", "--shortcut", str(path), "--state-dir", str(tmp_path / "state"),
+                   "--out-dir", str(tmp_path / "out")])
+    state = tmp_path / "state"
+    assert not (state / "uncond" / "shortcut_N4_B2_cal").exists()
+    cond = np.load(next((state / "cond" / "shortcut_N4_B2_cal").glob("chunk_*.npz")))
+    assert cond["full_step_indices"].tolist() == [0, 1]
+    assert "skipped shortcut_N4_B2_cal" in (state / "sweep.log").read_text()
+    text = (tmp_path / "out" / "fmnist_sweep.md").read_text()
+    assert "calibrated placement [0, 1] vs the paper's [0, 2]" in text and report

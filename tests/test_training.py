@@ -509,6 +509,20 @@ def test_calibrate_writes_placements_into_the_file(base, dataset, tmp_path, caps
     assert calibrate_main(["--data", str(dataset), "--migm", str(path), "--shortcut", str(sc), "--steps", "6",
                            "--budgets", "9"]) == 2
 
+    # One regime's own placements, over the shared ones the file keeps; the data must be of that regime.
+    regime_out = tmp_path / "sc_cond.safetensors"
+    common = ["--data", str(dataset), "--migm", str(path), "--shortcut", str(out), "--steps", str(STEPS),
+              "--budgets", "3", "--metric", "tokens", "--out", str(regime_out)]
+    assert calibrate_main([*common, "--for-regime", "uncond"]) == 2
+    assert "recordings of conditional sampling" in capsys.readouterr().err and not regime_out.exists()
+    assert calibrate_main([*common, "--for-regime", "cond"]) == 0
+    assert "for conditional sampling only" in capsys.readouterr().out
+    placements = load_shortcut(regime_out, migm).info["placements"]
+    assert placements["table"] == load_shortcut(out, migm).info["placements"]["table"]  # kept
+    assert set(placements["by_regime"]) == {"cond"} and placements["by_regime_source"]["cond"]["metric"] == "tokens"
+    cond_only = placements["by_regime"]["cond"][str(STEPS)]["3"]
+    assert calibrated_indices(load_shortcut(regime_out, migm), STEPS, 3, "cond") == cond_only
+
 
 def test_a_second_recorder_on_the_same_folder_is_refused(base, tmp_path):
     from training.record import RecordingLock

@@ -39,7 +39,8 @@ import torch
 
 from shortcut_core import load_migm, load_shortcut, reveal_counts
 from shortcut_core.checkpoints import CheckpointError, rewrite_info
-from shortcut_core.placement import masked_before, optimal_placement, placement_cost, remap_errors
+from shortcut_core.placement import (REGIME_WORDS, REGIMES, masked_before, optimal_placement, placement_cost,
+                                     remap_errors)
 from shortcut_core.schedules import full_step_indices
 
 from .data import Recording, gather_pairs
@@ -118,6 +119,12 @@ def calibrate(args) -> dict:
                               f"{recording.fingerprint}, but --migm {args.migm} is {migm.fingerprint}; calibrate on "
                               f"trajectories of the shortcut's own base model")
     shortcut = load_shortcut(args.shortcut, migm)
+    if getattr(args, "for_regime", None):
+        found = {recording.recipe.placement_regime(migm, m["conditions"]) for m in recording.manifests}
+        if found != {args.for_regime}:
+            kinds = ", ".join(sorted(REGIME_WORDS.get(r, "mixed conditions") for r in found))
+            raise ValueError(f"--for-regime {args.for_regime} calibrates {REGIME_WORDS[args.for_regime]}, but "
+                             f"--data holds recordings of {kinds}; pass recordings of that regime only")
     rows, fraction, most = held_out_rows(recording, shortcut, args.val_fraction, args.val_max)
     n_train = recording.steps
     too_many = [b for b in args.budgets if b >= max(args.steps)]
@@ -153,10 +160,21 @@ def calibrate(args) -> dict:
             "data": [str(r) for r in recording.roots], "schedule": schedule}
 
 
-def write_into(shortcut_path: Path, out: Path, placements: dict) -> None:
+def write_into(shortcut_path: Path, out: Path, placements: dict, regime: str | None = None) -> None:
     """Rewrite the shortcut file (or a copy) with ``placements`` (``table`` {N: {B: steps}} and how
-    they were found) as its metadata's placements; weights unchanged."""
-    rewrite_info(shortcut_path, out, "shortcut", lambda info: {**info, "placements": placements})
+    they were found) as its metadata's placements; weights unchanged. With ``regime`` the table
+    becomes that regime's own (``by_regime``, how it was found in ``by_regime_source``) and the
+    file's other placements stay."""
+    def update(info: dict) -> dict:
+        if regime is None:
+            return {**info, "placements": placements}
+        old = dict(info.get("placements") or {})
+        source = {k: v for k, v in placements.items() if k != "table"}
+        old["by_regime"] = {**(old.get("by_regime") or {}), regime: placements["table"]}
+        old["by_regime_source"] = {**(old.get("by_regime_source") or {}), regime: source}
+        return {**info, "placements": old}
+
+    rewrite_info(shortcut_path, out, "shortcut", update)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the calibrated shortcut here (default: update --shortcut in place; the "
                                  "weights are unchanged)")
     p.add_argument("--report", help="also write the drift table and the placements as JSON here")
+    p.add_argument("--for-regime", choices=REGIMES,
+                   help="store the placements for this regime only (cond: class- or text-conditional sampling, "
+                        "uncond: unconditional), over the ones both share; --data must be recordings of it")
     return p
 
 
@@ -190,14 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_into(Path(args.shortcut), out, {
             "table": result["placements"], "method": "dynamic programme over the drift table",
             "metric": result["metric"], "data": result["data"], "recorded_steps": result["recorded_steps"],
-            "held_out": result["held_out"], "command": command})
+            "held_out": result["held_out"], "command": command}, args.for_regime)
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(result, indent=1))
         for row in result["summary"]:
             print(f"N={row['steps']} B={row['budget']}: calibrated {row['calibrated']} (expected drift "
                   f"{row['cost_calibrated']:.4f}) vs paper {row['paper']} ({row['cost_paper']:.4f}); {row['table']}")
-        print(f"wrote the placements into {out} (weights unchanged)")
+        print(f"wrote the placements into {out}" + (f" for {REGIME_WORDS[args.for_regime]} only" if args.for_regime
+                                                    else "") + " (weights unchanged)")
         return 0
     except (ValueError, ManifestError, ShardError, CheckpointError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from shortcut_core import ShortcutConfig
+from shortcut_core.placement import COND, regime_of
 from shortcut_core.sampler import finite_number
 from shortcut_core import reveal_counts as maskgit_reveal_counts
 
@@ -43,6 +44,10 @@ class MaskGITRecipe:
         """Trajectory i's class: the class list cycled by i."""
         classes = conditions["classes"]
         return classes[i % len(classes)]
+
+    def placement_regime(self, migm, conditions: dict) -> str | None:
+        """The recording's regime for a shortcut's per-regime placements (``migm.placement_regime``)."""
+        return regime_of(c == migm.config.null_class for c in conditions["classes"])
 
     def sampler_settings(self, *, cfg, sm_temp, r_temp, schedule, randomize, **others) -> dict:
         """The manifest's ``sampler`` entry (also the options passed to ``sample``)."""
@@ -167,6 +172,9 @@ class DiMOORecipe:
             raise ValueError(f"{migm.name!r} has no tokenizer loaded (tokenizer.json and the 'tokenizers' package "
                              f"are needed to record prompts)")
         return {"kind": "prompts", "prompts": cleaned, "order": "cycle"}
+
+    def placement_regime(self, migm, conditions: dict) -> str:
+        return COND  # every run follows a prompt
 
     def condition_of(self, conditions: dict, i: int) -> str:
         prompts = conditions["prompts"]

@@ -318,7 +318,8 @@ def record_trajectories(
     }
     if not migm.fingerprint:
         raise ValueError(f"base model {migm.name!r} has no fingerprint; load it with shortcut_core.load_migm")
-    settings["policy"] = policy_settings(migm, policy, steps, policy_full_steps, policy_placement)
+    settings["policy"] = policy_settings(migm, policy, steps, policy_full_steps, policy_placement,
+                                         recipe.placement_regime(migm, conditions_spec))
     plan = plan_shards(count, shard_size)
 
     manifest_path = root / MANIFEST
@@ -469,8 +470,10 @@ def record_trajectories(
     return result
 
 
-def policy_settings(migm, policy, steps: int, full_steps: int | None, placement: str) -> dict | None:
-    """What decides an on-policy recording's tokens: the shortcut (by fingerprint) and its full steps."""
+def policy_settings(migm, policy, steps: int, full_steps: int | None, placement: str,
+                    regime: str | None = None) -> dict | None:
+    """What decides an on-policy recording's tokens: the shortcut (by fingerprint) and its full steps
+    (``regime``: the recording's, for a shortcut file with per-regime placements)."""
     if policy is None:
         if full_steps is not None:
             raise ValueError("--policy-full-steps needs --policy-shortcut (the shortcut whose sampling to follow)")
@@ -482,7 +485,7 @@ def policy_settings(migm, policy, steps: int, full_steps: int | None, placement:
         raise ValueError(f"--policy-full-steps must be between 1 and steps - 1 = {steps - 1} (some steps must be "
                          f"shortcut steps), got {full_steps}")
     migm.check_shortcut(policy)
-    calibrated, _ = resolve_placement(steps, full_steps, placement, policy)
+    calibrated, _ = resolve_placement(steps, full_steps, placement, policy, regime)
     if placement == "calibrated" and calibrated is None:
         raise ValueError(f"the policy shortcut has no calibrated placement for N={steps}, B={full_steps}; use "
                          f"--policy-placement paper or calibrate it first (training.calibrate)")

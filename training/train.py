@@ -21,7 +21,6 @@ import copy
 import inspect
 import json
 import math
-import os
 import shlex
 import sys
 import time

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import CheckpointError, fingerprint as weights_fingerprint
 from ..first_step import FirstStepMemo, weights_stamp
+from ..placement import COND
 from ..sampler import finite_number, gumbel_noise, masked_positions
 from .config import DiMOOShortcutConfig, LLaDAConfig
 from .llada import LLaDA
@@ -186,6 +187,9 @@ class DiMOOMIGM:
     # -- sampler protocol ---------------------------------------------------------
     def passes_per_full_step(self, state: DiMOOState) -> int:
         return 2 if state.guided else 1  # cond and uncond are separate forwards
+
+    def placement_regime(self, state: DiMOOState) -> str:
+        return COND  # every run follows a prompt
 
     @property
     def sampling_defaults(self) -> dict:

@@ -64,7 +64,8 @@ def models(comfy):
     save_vqgan(tiny.vqgan, vq_dir / TINY_VQ)
     save_shortcut(tiny_shortcut(tiny), sc_dir / TINY_SC, base_fingerprint=tiny.fingerprint)
     save_shortcut(tiny_shortcut(tiny), sc_dir / TINY_CAL_SC, base_fingerprint=tiny.fingerprint,
-                  info={"placements": {"table": {"8": {"3": [0, 4, 6]}}}})  # as training.calibrate writes it
+                  info={"placements": {"table": {"8": {"3": [0, 4, 6]}},  # as training.calibrate writes it
+                                       "by_regime": {"uncond": {"8": {"3": [0, 1, 6]}}}}})  # --for-regime uncond
     other = tiny_migm(seed=5, vqgan=False)
     save_shortcut(tiny_shortcut(other, seed=2), sc_dir / OTHER_SC, base_fingerprint=other.fingerprint)
 
@@ -453,6 +454,13 @@ def test_auto_placement_is_the_samplers_default_and_follows_the_file(comfy, mode
     assert "; calibrated placement 0,4,6" in report_of(auto)
     assert all(np.array_equal(a, b) for a, b in zip(images_of(comfy, auto), images_of(comfy, calibrated)))
     assert "placement" not in report_of(plain_file)  # a file never calibrated samples as the paper (the reference)
+    # the file's own placement for unconditional sampling; a batch mixing both regimes takes the shared one
+    uncond = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="auto", prefix="auto_uncond",
+                                      **{**settings, "classes": "none"}), timeout=120)
+    mixed = comfy.run(generate_graph(shortcut=TINY_CAL_SC, placement="auto", prefix="auto_mixed",
+                                     **{**settings, "classes": "0,none"}), timeout=120)
+    assert "; calibrated placement 0,1,6 (unconditional sampling); shortcut" in report_of(uncond)
+    assert "; calibrated placement 0,4,6; shortcut" in report_of(mixed)
 
 
 def test_new_settings_run_without_restart(comfy, models):

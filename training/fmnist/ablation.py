@@ -61,6 +61,14 @@ def base_samples(migm, regime: str, steps: int, images: int, batch: int, classif
     return image_stats(generated, classifier)
 
 
+def placement_text(by_regime: dict) -> str:
+    """'0,2,4,8', or 'cond 0,2,5; uncond paper' when the regimes differ."""
+    shown = {regime: p if p == "paper" else ",".join(map(str, p)) for regime, p in by_regime.items()}
+    if len(set(shown.values())) == 1:
+        return next(iter(shown.values()))
+    return "; ".join(f"{regime} {text}" for regime, text in shown.items())
+
+
 def describe(shortcut) -> dict:
     info = getattr(shortcut, "info", {}) or {}
     val = (info.get("metrics") or {}).get("val") or {}
@@ -110,20 +118,23 @@ def main(argv: list[str] | None = None) -> dict:
     for name, path in zip(names, args.shortcuts):
         shortcut = load_shortcut(path, migm)
         row = {"name": name, "file": str(path), **describe(shortcut)}
-        row["placement"] = calibrated_indices(shortcut, n, b) or "paper"
+        row["placement"] = {regime: calibrated_indices(shortcut, n, b, regime) or "paper" for regime in REGIMES}
         row["step_ratio"] = {regime: step_costs(migm, shortcut, args.batch, 5, regime)["step_ratio"] for regime in REGIMES}
         scores = {regime: quick_fd(migm, shortcut, regime, n, b, args.images, args.batch, classifier, ref,
                                    base=base[regime], seed=args.seed) for regime in REGIMES}
         row["fd"] = {regime: v[0] for regime, v in scores.items()}
         row["fd_base"] = {regime: v[2] for regime, v in scores.items()}
-        full = tuple(full_step_indices(n, b) if row["placement"] == "paper" else row["placement"])
         for regime in REGIMES:  # the same full steps with each skipped step reusing the last full step's feature
+            placed = row["placement"][regime]
+            full = tuple(full_step_indices(n, b) if placed == "paper" else placed)
+            row.setdefault("cache_full_steps", {})[regime] = list(full)
             if (regime, full) not in cache_fds:
                 cache_fds[(regime, full)] = quick_fd(migm, FeatureCache(), regime, n, list(full), args.images,
                                                      args.batch, classifier, ref, placement="paper", base=base[regime],
                                                      seed=args.seed)
-        row["fd_cache"] = {regime: cache_fds[(regime, full)][0] for regime in REGIMES}
-        row["fd_base_cache"] = {regime: cache_fds[(regime, full)][2] for regime in REGIMES}
+        cached = {regime: cache_fds[(regime, tuple(row["cache_full_steps"][regime]))] for regime in REGIMES}
+        row["fd_cache"] = {regime: v[0] for regime, v in cached.items()}
+        row["fd_base_cache"] = {regime: v[2] for regime, v in cached.items()}
         print(json.dumps(row), flush=True)
         rows.append(row)
     chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)
@@ -146,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         chains = " | ".join(f"{r['val_chain'][k]:.3f}" if k in r["val_chain"] else "-" for k in chain_depths)
         lines.append(f"| {r['name']} | {r['parameters']:,} | {r['width']} x {r['n_block']} | {r['iters']} | "
                      f"{r['rollout']} | {r['input_noise']} | {r['cos_weight']} | "
-                     f"{r['placement'] if r['placement'] == 'paper' else ','.join(map(str, r['placement']))} | "
+                     f"{placement_text(r['placement'])} | "
                      f"{single} | {chains} | "
                      f"{r['step_ratio']['cond']:.1f}x, {r['step_ratio']['uncond']:.1f}x | {r['fd']['cond']:.2f} "
                      f"({r['fd_cache']['cond']:.2f}) | {r['fd']['uncond']:.2f} ({r['fd_cache']['uncond']:.2f}) | "

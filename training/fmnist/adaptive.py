@@ -131,15 +131,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--write-placements", help="store the placement the rule chose most often for (--steps, "
                                               "--budget) as the calibrated placement of this shortcut file (created "
                                               "from --shortcut; a table another method wrote is replaced)")
+    p.add_argument("--for-regime", choices=REGIMES,
+                   help="with --write-placements: store it for this regime only (its rows' votes), where it overrides "
+                        "the placement both regimes share (default: shared, from every regime's votes)")
     args = p.parse_args(argv)
     if not 1 <= args.budget < args.steps:
         p.error(f"--budget must be between 1 and --steps - 1, got {args.budget}")
+    if args.for_regime and not args.write_placements:
+        p.error("--for-regime says where --write-placements stores the placement; give --write-placements too")
+    if args.for_regime and not args.rows and args.for_regime not in args.regimes.split(","):
+        p.error(f"--for-regime {args.for_regime} chooses from that regime's runs; add it to --regimes")
     torch.set_num_threads(args.threads)
     if args.rows:  # a saved evaluation: store its placement without sampling again
         rows = [r for r in json.loads(Path(args.rows).read_text())
                 if (r["steps"], r["budget"]) == (args.steps, args.budget)]
+        if args.for_regime:
+            rows = [r for r in rows if r["regime"] == args.for_regime]
         if not rows:
-            p.error(f"--rows {args.rows} holds no rows for --steps {args.steps} --budget {args.budget}")
+            p.error(f"--rows {args.rows} holds no rows for --steps {args.steps} --budget {args.budget}"
+                    + (f" in the {args.for_regime} regime" if args.for_regime else ""))
         if args.write_placements:
             write_placements(args, rows, argv)
         return rows
@@ -167,6 +177,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
 def write_placements(args, rows: list[dict], argv) -> None:
     """Store the placement the rule chose most often (over every chunk of every regime) as the
     shortcut's calibrated one for (N, B): a fixed placement, which the sweep then measures as such."""
+    if args.for_regime:
+        rows = [row for row in rows if row["regime"] == args.for_regime]
     votes = Counter(tuple(p) for row in rows for p in row["placements"])
     placement, count = votes.most_common(1)[0]
     print(f"the rule's placements for N={args.steps}, B={args.budget}: "
@@ -176,15 +188,19 @@ def write_placements(args, rows: list[dict], argv) -> None:
     old = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
     same_method = old.get("method") == RULE  # a table another method wrote is replaced, not mixed in
     table = old.get("table", {}) if same_method else {}
+    by_regime = old.get("by_regime", {}) if same_method else {}
     runs = dict(old.get("runs", {})) if same_method else {}
-    table.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
+    into = by_regime.setdefault(args.for_regime, {}) if args.for_regime else table
+    into.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
     command = " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])
-    runs[f"{args.steps}/{args.budget}"] = {
+    runs[f"{args.steps}/{args.budget}" + (f" {args.for_regime}" if args.for_regime else "")] = {
         "chosen_in": f"{count} of {sum(votes.values())} chunks", "command": command,
         **{row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"], "fd_paper": row["fd_paper"],
                            "images": row["images"]} for row in rows}}
-    write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command})
-    print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget} into {target}")
+    write_into(source, target, {"table": table, **({"by_regime": by_regime} if by_regime else {}), "method": RULE,
+                                "runs": runs, "command": command})
+    print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget}"
+          + (f" ({args.for_regime} only)" if args.for_regime else "") + f" into {target}")
 
 
 if __name__ == "__main__":

@@ -31,9 +31,10 @@ from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block
 def check(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, seed: int,
           classifier, ref, base) -> dict:
     """The file's placement against the paper's at (steps, budget), on the same seeds."""
-    row = {"regime": regime, "steps": steps, "budget": budget, "placement": calibrated_indices(shortcut, steps, budget)}
+    row = {"regime": regime, "steps": steps, "budget": budget,
+           "placement": calibrated_indices(shortcut, steps, budget, regime)}
     if row["placement"] is None:
-        raise ValueError(f"the shortcut has no placement for N={steps}, B={budget}")
+        raise ValueError(f"the shortcut has no placement for N={steps}, B={budget} in the {regime} regime")
     half = -(-images // batch) // 2 * batch
     for name in ("paper", "calibrated"):
         generated, seconds = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement=name,

@@ -268,7 +268,7 @@ def run_chunk(migm, shortcut, setting: Setting, regime: str, chunk: int, batch: 
     full, placement = None if setting.plain else setting.full, setting.placement
     if setting.cache:  # placed where the shortcut's are, so the two rows differ only in what fills the skipped steps
         if placement == "calibrated":
-            full, placement = calibrated_indices(shortcut, setting.steps, setting.full) or setting.full, "paper"
+            full, placement = calibrated_indices(shortcut, setting.steps, setting.full, regime) or setting.full, "paper"
         shortcut = FeatureCache()
     result = generate(migm, classes, steps=setting.steps, full_steps=full,
                       shortcut=None if setting.plain else shortcut, seed=seed + chunk, placement=placement)
@@ -701,6 +701,12 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
     """``published``: the base model in fp32 for the fidelity reference when ``migm`` runs in another
     precision (default: ``migm``)."""
     headline = {s.strip() for s in args.headline.split(",") if s.strip()}
+    uncovered = [s for s in settings if s.placement == "calibrated"
+                 and calibrated_indices(shortcut, s.steps, s.full, regime) is None]
+    if uncovered:  # it would sample at the paper's placement: the paper row again, under another name
+        log(f"{regime}: skipped {', '.join(s.key for s in uncovered)}: the shortcut file has no placement for "
+            f"{'that N, B' if len(uncovered) == 1 else 'those N, B'} in this regime")
+        settings = [s for s in settings if s not in uncovered]
     wanted = {s.key: (args.headline_images if s.key in headline else args.images) for s in settings}
     n_chunks = {k: -(-n // args.batch) for k, n in wanted.items()}
     log(f"{regime}: {len(settings)} settings, {sum(n_chunks.values())} chunks of {args.batch}")
@@ -721,7 +727,7 @@ def run_regime(regime: str, args, migm, shortcut, classifier, ref, settings: lis
         made_by = {"migm": migm.fingerprint, "shortcut": None if s.plain or s.cache else shortcut_fp,
                    "batch": args.batch, "seed": args.seed, "options": migm.sampling_defaults, **precision(args)}
         if s.placement == "calibrated":  # the file's placement may change while its weights stay
-            made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full)
+            made_by["placement"] = calibrated_indices(shortcut, s.steps, s.full, regime)
         forget_chunks_made_otherwise(state_dir / regime / s.key, made_by, log)
     todo = [(chunk, s) for chunk in range(max(n_chunks.values())) for s in settings
             if chunk < n_chunks[s.key] and not chunk_path(state_dir, regime, s, chunk).is_file()]
