@@ -34,7 +34,8 @@ REGIME_WORDS = {COND: "conditional sampling", UNCOND: "unconditional sampling"}
 
 
 def regime_of(unconditional_rows) -> str | None:
-    """"uncond" when every row samples without a condition, "cond" when none does, None when mixed."""
+    """A batch's regime: "uncond" when every row samples without a condition, "cond" when none
+    does, None when it mixes the two."""
     flags = [bool(f) for f in unconditional_rows]
     if flags and all(flags):
         return UNCOND
@@ -176,14 +177,16 @@ def resolve_placement(steps: int, full_steps, placement: str, shortcut,
     found = calibrated_indices(shortcut, steps, full_steps, regime)
     own = calibrated_indices(shortcut, steps, full_steps) != found  # the regime's own entry decided
     if found is not None:
-        return found, f"calibrated placement {','.join(map(str, found))}" + (f" ({REGIME_WORDS[regime]})" if own else "")
+        return found, (f"calibrated placement {','.join(map(str, found))}"
+                       + (f" ({REGIME_WORDS[regime]})" if own else ""))
     stored = _stored(shortcut)
     if placement == AUTO and not (stored.get("table") or stored.get("by_regime")):
         return None, ""  # a file that was never calibrated (the published ones): the paper's, as the reference
     elsewhere = [REGIME_WORDS[r] for r in (COND, UNCOND) if r != regime
                  and calibrated_indices(shortcut, steps, full_steps, r) is not None]
     if elsewhere:
-        where = "this batch mixes conditional and unconditional rows" if regime is None else f"this is {REGIME_WORDS[regime]}"
+        where = ("this batch mixes conditional and unconditional rows" if regime is None
+                 else f"this is {REGIME_WORDS[regime]}")
         return None, (f"paper placement: the shortcut's calibrated placement for N={steps}, B={full_steps} is for "
                       f"{' and '.join(elsewhere)} only, and {where}")
     return None, (f"paper placement: the shortcut has no calibrated placement for N={steps}, B={full_steps} "
