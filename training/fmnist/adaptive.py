@@ -175,8 +175,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def write_placements(args, rows: list[dict], argv) -> None:
-    """Store the placement the rule chose most often (over every chunk of every regime) as the
-    shortcut's calibrated one for (N, B): a fixed placement, which the sweep then measures as such."""
+    """Store the placement the rule chose most often (over every chunk of every regime, or of
+    ``--for-regime`` alone, then stored for that regime only) as the shortcut's calibrated one for
+    (N, B): a fixed placement, which the sweep then measures as such."""
     if args.for_regime:
         rows = [row for row in rows if row["regime"] == args.for_regime]
     votes = Counter(tuple(p) for row in rows for p in row["placements"])
