@@ -13,8 +13,8 @@ import torch
 from .checkpoints import CheckpointError
 from .conditions import resolve_class_list
 from .first_step import FirstStepMemo, weights_stamp
-from .placement import regime_of
 from .maskgit import MaskGIT
+from .placement import regime_of
 from .sampler import categorical, finite_number, gumbel_noise, masked_positions
 from .schedules import check_reveal_mode, reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
@@ -37,6 +37,9 @@ class MaskGITState:
     # Step 0's memo keys, one per row of the base pass (classes, then the null class per guided
     # row): made in ``start`` while the classes are on the host, so the loop never waits for them.
     first_keys: list[int] = field(default_factory=list)
+    # "cond", "uncond" or None (mixed): which of a shortcut file's per-regime placements applies,
+    # decided in ``start`` from the classes while they are on the host.
+    regime: str | None = None
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
@@ -128,7 +131,7 @@ class MaskGITMIGM:
 
     def placement_regime(self, state: MaskGITState) -> str | None:
         """Which of a shortcut file's per-regime placements applies: null-class rows are unconditional."""
-        return regime_of((state.classes == self.config.null_class).tolist())
+        return state.regime
 
     def start(self, classes, *, steps: int, generator, cfg: float | None = None, sm_temp: float | None = None,
               r_temp: float | None = None, schedule: str | None = None, randomize: str | None = None,
@@ -153,6 +156,7 @@ class MaskGITMIGM:
             counts=reveal_counts(c.num_image_tokens, steps, o["schedule"]), steps=steps,
             cfg=cfg, sm_temp=o["sm_temp"], r_temp=o["r_temp"], randomize=o["randomize"],
             num_masked=c.num_image_tokens, guide_rows=guide_rows, first_keys=first_keys,
+            regime=regime_of(uncond.tolist()),
         )
 
     def _first_step_feature(self, class_index: int) -> torch.Tensor:

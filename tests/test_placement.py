@@ -227,7 +227,7 @@ def test_a_regimes_own_placement_overrides_the_shared_one_for_that_regime_only(t
     cond, uncond, mixed = run([0, 1], 4), run(["none", "none"], 4), run([0, "none"], 4)
     assert cond.full_step_indices == [0, 2, 4, 6] and "0,2,4,6 (conditional sampling)" in cond.report()
     assert uncond.full_step_indices == [0, 1, 3, 5] and "(unconditional sampling)" in uncond.report()
-    assert mixed.full_step_indices == [0, 1, 2, 3] and "calibrated placement 0,1,2,3;" in mixed.report() + ";"
+    assert mixed.full_step_indices == [0, 1, 2, 3] and mixed.report().endswith("; calibrated placement 0,1,2,3")
     shared = run(["none"], 3)
     assert shared.full_step_indices == [0, 5, 6] and "sampling)" not in shared.report()
 
@@ -242,7 +242,7 @@ def test_a_regimes_own_placement_overrides_the_shared_one_for_that_regime_only(t
 def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
     from types import SimpleNamespace
 
-    from training.fmnist.adaptive import main as adaptive_main, write_placements
+    from training.fmnist.adaptive import RULE, main as adaptive_main, write_placements
 
     base, migm, source = saved_pair(tmp_path)
     out = tmp_path / "sc_rule.safetensors"
@@ -256,7 +256,12 @@ def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
     placements = load_shortcut(out, migm).info["placements"]
     assert placements["table"] == {"8": {"3": [0, 4, 6]}}
     assert placements["by_regime"] == {"cond": {"8": {"3": [0, 2, 5]}}}  # from the cond rows' votes only
-    assert set(placements["runs"]) == {"8/3", "8/3 cond"}
+    assert set(placements["runs"]) == {"8/3"} and placements["by_regime_source"]["cond"]["method"] == RULE
+    assert set(placements["by_regime_source"]["cond"]["runs"]["8/3"]) == {"chosen_in", "command", "cond"}
+    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), [{**rows[1], "budget": 2}], ["--steps", "8"])
+    placements = load_shortcut(out, migm).info["placements"]  # a later shared write keeps the regime's own
+    assert placements["table"] == {"8": {"3": [0, 4, 6], "2": [0, 4, 6]}}
+    assert placements["by_regime"] == {"cond": {"8": {"3": [0, 2, 5]}}}
     shortcut = load_shortcut(out, migm)
     assert calibrated_indices(shortcut, 8, 3, "cond") == [0, 2, 5]
     assert calibrated_indices(shortcut, 8, 3, "uncond") == calibrated_indices(shortcut, 8, 3) == [0, 4, 6]

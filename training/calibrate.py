@@ -119,7 +119,7 @@ def calibrate(args) -> dict:
                               f"{recording.fingerprint}, but --migm {args.migm} is {migm.fingerprint}; calibrate on "
                               f"trajectories of the shortcut's own base model")
     shortcut = load_shortcut(args.shortcut, migm)
-    if getattr(args, "for_regime", None):
+    if args.for_regime:
         found = {recording.recipe.placement_regime(migm, m["conditions"]) for m in recording.manifests}
         if found != {args.for_regime}:
             kinds = ", ".join(sorted(REGIME_WORDS.get(r, "mixed conditions") for r in found))
@@ -162,13 +162,15 @@ def calibrate(args) -> dict:
 
 def write_into(shortcut_path: Path, out: Path, placements: dict, regime: str | None = None) -> None:
     """Rewrite the shortcut file (or a copy) with ``placements`` (``table`` {N: {B: steps}} and how
-    they were found) as its metadata's placements; weights unchanged. With ``regime`` the table
-    becomes that regime's own (``by_regime``, how it was found in ``by_regime_source``) and the
-    file's other placements stay."""
+    they were found) as its metadata's placements; weights unchanged. Without ``regime`` they
+    replace the shared placements; with it, the table becomes that regime's own (``by_regime``,
+    how it was found in ``by_regime_source``). Either way the file's other part stays: a
+    placement written for one regime is kept until it is rewritten for that regime."""
     def update(info: dict) -> dict:
-        if regime is None:
-            return {**info, "placements": placements}
         old = dict(info.get("placements") or {})
+        if regime is None:
+            kept = {k: old[k] for k in ("by_regime", "by_regime_source") if k in old}
+            return {**info, "placements": {**placements, **kept}}
         source = {k: v for k, v in placements.items() if k != "table"}
         old["by_regime"] = {**(old.get("by_regime") or {}), regime: placements["table"]}
         old["by_regime_source"] = {**(old.get("by_regime_source") or {}), regime: source}

@@ -124,17 +124,16 @@ def main(argv: list[str] | None = None) -> dict:
                                    base=base[regime], seed=args.seed) for regime in REGIMES}
         row["fd"] = {regime: v[0] for regime, v in scores.items()}
         row["fd_base"] = {regime: v[2] for regime, v in scores.items()}
-        for regime in REGIMES:  # the same full steps with each skipped step reusing the last full step's feature
-            placed = row["placement"][regime]
-            full = tuple(full_step_indices(n, b) if placed == "paper" else placed)
-            row.setdefault("cache_full_steps", {})[regime] = list(full)
-            if (regime, full) not in cache_fds:
-                cache_fds[(regime, full)] = quick_fd(migm, FeatureCache(), regime, n, list(full), args.images,
-                                                     args.batch, classifier, ref, placement="paper", base=base[regime],
-                                                     seed=args.seed)
-        cached = {regime: cache_fds[(regime, tuple(row["cache_full_steps"][regime]))] for regime in REGIMES}
-        row["fd_cache"] = {regime: v[0] for regime, v in cached.items()}
-        row["fd_base_cache"] = {regime: v[2] for regime, v in cached.items()}
+        # the same full steps with each skipped step reusing the last full step's feature
+        full = {regime: tuple(full_step_indices(n, b) if placed == "paper" else placed)
+                for regime, placed in row["placement"].items()}
+        for key in full.items():
+            if key not in cache_fds:
+                cache_fds[key] = quick_fd(migm, FeatureCache(), key[0], n, list(key[1]), args.images, args.batch,
+                                          classifier, ref, placement="paper", base=base[key[0]], seed=args.seed)
+        row["cache_full_steps"] = {regime: list(steps) for regime, steps in full.items()}
+        row["fd_cache"] = {regime: cache_fds[(regime, steps)][0] for regime, steps in full.items()}
+        row["fd_base_cache"] = {regime: cache_fds[(regime, steps)][2] for regime, steps in full.items()}
         print(json.dumps(row), flush=True)
         rows.append(row)
     chain_depths = sorted({k for r in rows for k in r["val_chain"]}, key=int)

@@ -145,9 +145,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.rows:  # a saved evaluation: store its placement without sampling again
         rows = [r for r in json.loads(Path(args.rows).read_text())
                 if (r["steps"], r["budget"]) == (args.steps, args.budget)]
-        if args.for_regime:
-            rows = [r for r in rows if r["regime"] == args.for_regime]
-        if not rows:
+        if not [r for r in rows if args.for_regime in (None, r["regime"])]:
             p.error(f"--rows {args.rows} holds no rows for --steps {args.steps} --budget {args.budget}"
                     + (f" in the {args.for_regime} regime" if args.for_regime else ""))
         if args.write_placements:
@@ -186,20 +184,22 @@ def write_placements(args, rows: list[dict], argv) -> None:
           + ", ".join(f"{list(p)} in {n} chunk(s)" for p, n in votes.most_common()))
     target = Path(args.write_placements)
     source = target if target.is_file() else Path(args.shortcut)
-    old = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
-    same_method = old.get("method") == RULE  # a table another method wrote is replaced, not mixed in
-    table = old.get("table", {}) if same_method else {}
-    by_regime = old.get("by_regime", {}) if same_method else {}
-    runs = dict(old.get("runs", {})) if same_method else {}
-    into = by_regime.setdefault(args.for_regime, {}) if args.for_regime else table
-    into.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
+    stored = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
+    if args.for_regime:  # that regime's own table, and how it was found
+        current = (stored.get("by_regime") or {}).get(args.for_regime) or {}
+        provenance = (stored.get("by_regime_source") or {}).get(args.for_regime) or {}
+    else:
+        current, provenance = stored.get("table") or {}, stored
+    same_method = provenance.get("method") == RULE  # a table another method wrote is replaced, not mixed in
+    table = {n: dict(row) for n, row in current.items()} if same_method else {}
+    runs = dict(provenance.get("runs", {})) if same_method else {}
+    table.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
     command = " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])
-    runs[f"{args.steps}/{args.budget}" + (f" {args.for_regime}" if args.for_regime else "")] = {
+    runs[f"{args.steps}/{args.budget}"] = {
         "chosen_in": f"{count} of {sum(votes.values())} chunks", "command": command,
         **{row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"], "fd_paper": row["fd_paper"],
                            "images": row["images"]} for row in rows}}
-    write_into(source, target, {"table": table, **({"by_regime": by_regime} if by_regime else {}), "method": RULE,
-                                "runs": runs, "command": command})
+    write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command}, args.for_regime)
     print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget}"
           + (f" ({args.for_regime} only)" if args.for_regime else "") + f" into {target}")
 

@@ -53,8 +53,8 @@ def measure(migm, row: dict, args, classifier, ref) -> dict:
     if row["regime"] == "cond":
         labels = np.concatenate([regime_classes("cond", args.batch)] * -(-args.images // args.batch))
         consistency = class_consistency(images, labels[:len(images)], classifier)
-    return {**row, "key": row_key(row), "images": len(images), "seed": args.seed, "batch": args.batch, "fd": frechet_distance_stats(feature_stats(feats), ref),
-            "fd_halves": halves_fd(feats, half, ref), "class_consistency": consistency,
+    return {**row, "key": row_key(row), "images": len(images), "seed": args.seed, "batch": args.batch,
+            "fd": frechet_distance_stats(feature_stats(feats), ref), "fd_halves": halves_fd(feats, half, ref), "class_consistency": consistency,
             "ms_per_image": seconds / len(images) * 1e3, "dtype": args.dtype}
 
 
