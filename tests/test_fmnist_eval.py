@@ -258,3 +258,32 @@ def test_image_conventions_give_the_same_features(classifier, test_split):
         to_classifier_input(torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match="Accepted"):
         to_classifier_input(torch.zeros(2, 28, 28))  # float without a channel axis is ambiguous
+
+
+def test_interrupted_classifier_training_resumes_bit_exactly(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from training.checkpoints import TrainingError
+    from training.fmnist import classifier
+
+    g = torch.Generator().manual_seed(0)
+    splits = {split: (torch.rand(n, 1, 28, 28, generator=g) * 2 - 1, torch.randint(10, (n,), generator=g))
+              for split, n in (("train", 40), ("test", 20))}
+    monkeypatch.setattr(classifier, "load_split", lambda split, root: splits[split])
+
+    def run(name, *extra, should_stop=None):
+        argv = ["--epochs", "3", "--batch-size", "16", "--threads", "1", "--out", str(tmp_path / f"{name}.safetensors"),
+                "--run-dir", str(tmp_path / f"{name}.run"), *extra]
+        return classifier.train(classifier.parse_args(argv), f"cmd {name}", should_stop=should_stop)
+
+    whole = run("whole")
+    run("part", should_stop=lambda epoch: epoch == 3)  # after the checkpoint of epoch 2
+    assert not (tmp_path / "part.safetensors").exists()
+    with pytest.raises(TrainingError, match="pass --resume"):
+        run("part")
+    with pytest.raises(TrainingError, match="settings differ.*augment"):
+        run("part", "--resume", "--no-augment")
+    part = run("part", "--resume")  # augmentation draws from the generator: it must resume too
+    a, b = load_file(str(whole)), load_file(str(part))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert classifier.read_classifier_metadata(part)["command"] == "cmd part"

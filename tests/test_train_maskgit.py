@@ -38,3 +38,87 @@ def test_growing_refuses_a_different_width(shallow):
     wider = MaskGIT(dataclasses.replace(TINY_MASKGIT, hidden=2 * TINY_MASKGIT.hidden, depth=4))
     with pytest.raises(ValueError, match="only the depth may differ"):
         grow_from(wider, path)
+
+
+# -- resumable training --------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+
+from safetensors.torch import load_file  # noqa: E402
+
+from shortcut_core.checkpoints import read_safetensors_metadata  # noqa: E402
+from training.fmnist import train_maskgit  # noqa: E402
+
+
+@pytest.fixture
+def tiny_recipe(shallow, monkeypatch):
+    """The trainer on the tiny model: random tokens instead of Fashion-MNIST, a tiny preset."""
+    _, path = shallow
+    monkeypatch.setitem(train_maskgit.MASKGIT_FMNIST_PRESETS, "tiny", TINY_MASKGIT)
+    monkeypatch.setitem(train_maskgit.MASKGIT_FMNIST_PRESETS, "tiny-deep", dataclasses.replace(TINY_MASKGIT, depth=4))
+
+    def tokenize(vqgan, split):
+        g = torch.Generator().manual_seed(0 if split == "train" else 1)
+        n = 64 if split == "train" else 16
+        return (torch.randint(TINY_MASKGIT.codebook_size, (n, TINY_MASKGIT.num_image_tokens), generator=g),
+                torch.randint(TINY_MASKGIT.num_classes, (n,), generator=g))
+
+    monkeypatch.setattr(train_maskgit, "tokenize", tokenize)
+
+    def run(out: Path, *extra, should_stop=None):
+        argv = ["--preset", "tiny-deep", "--init-from", str(path), "--steps", "8", "--batch-size", "8",
+                "--ckpt-every", "3", "--keep-ckpts", "0", "--val-every", "4", "--eval-per-class", "0",
+                "--log-every", "1", "--out", str(out), *extra]
+        return train_maskgit.train(train_maskgit.parse_args(argv), "cmd " + " ".join(argv), should_stop=should_stop)
+
+    return run
+
+
+def test_interrupted_base_training_resumes_bit_exactly(tiny_recipe, tmp_path):
+    whole = tiny_recipe(tmp_path / "whole.safetensors")
+    part = tmp_path / "part.safetensors"
+    tiny_recipe(part, should_stop=lambda step: step == 8)  # stops after the checkpoint of step 6
+    assert not part.exists()
+    run_dir = tmp_path / "part.run"
+    assert sorted(p.name for p in run_dir.glob("ckpt-*.json")) == ["ckpt-00000003.json", "ckpt-00000006.json"]
+    with pytest.raises(train_maskgit.TrainingError, match="pass --resume"):
+        tiny_recipe(part)
+    with pytest.raises(train_maskgit.TrainingError, match="settings differ.*lr"):
+        tiny_recipe(part, "--resume", "--lr", "0.002")
+    tiny_recipe(part, "--resume")
+    a, b = load_file(str(whole)), load_file(str(part))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    info_a, info_b = (read_safetensors_metadata(p)["info"] for p in (whole, part))
+    assert info_a["metrics"]["test_masked_ce_history"] == info_b["metrics"]["test_masked_ce_history"]
+    assert [h["step"] for h in info_b["metrics"]["test_masked_ce_history"]] == [4]
+    assert info_b["commands"]["maskgit"].startswith("cmd --preset tiny-deep") and "--resume" not in info_b["commands"]["maskgit"]
+    log = (run_dir / "train.log").read_text()
+    assert "resumed from" in log and "grown from" in log
+
+
+def test_resume_skips_a_damaged_newest_checkpoint(tiny_recipe, tmp_path):
+    part = tmp_path / "part.safetensors"
+    tiny_recipe(part, should_stop=lambda step: step == 8)
+    newest = tmp_path / "part.run" / "ckpt-00000006.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # a write cut short
+    tiny_recipe(part, "--resume")
+    log = (tmp_path / "part.run" / "train.log").read_text()
+    assert "is damaged" in log and "resumed from" in log and "ckpt-00000003.json at step 3" in log
+    whole = tiny_recipe(tmp_path / "whole.safetensors")
+    a, b = load_file(str(whole)), load_file(str(part))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_training_further_at_the_same_depth_keeps_the_recipe(tiny_recipe, tmp_path):
+    previous = tiny_recipe(tmp_path / "first.safetensors", "--steps", "2")
+    for name in ("second", "third"):  # the same preset again: training further, not growing
+        argv = ["--preset", "tiny-deep", "--init-from", str(previous), "--steps", "2", "--batch-size", "8",
+                "--ckpt-every", "0", "--eval-per-class", "0", "--out", str(tmp_path / f"{name}.safetensors")]
+        previous = train_maskgit.train(train_maskgit.parse_args(argv), f"cmd {name}")
+    assert "training further from" in (tmp_path / "third.run" / "train.log").read_text()
+    info = read_safetensors_metadata(previous)["info"]
+    assert info["commands"]["maskgit"].startswith("cmd --preset tiny-deep")
+    assert (info["commands"]["maskgit_grown"], info["commands"]["maskgit_3"]) == ("cmd second", "cmd third")
+    assert info["init_from_info"]["steps"] == 2

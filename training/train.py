@@ -31,25 +31,21 @@ from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
 from torch.nn.parallel import DistributedDataParallel
 
 from shortcut_core import load_migm, save_shortcut
-from shortcut_core.checkpoints import CheckpointError, refuse_overwriting, write_safetensors_atomic
+from shortcut_core.checkpoints import CheckpointError, refuse_overwriting
 from shortcut_core.progress import ProgressBar
 
+from .checkpoints import (TrainingError, checkpoint_paths, load_newest_valid, read_checkpoint, resolve_resume,
+                          restore_state, state_tensors, write_checkpoint)
 from .data import PairBatch, PairStream, Recording, gather_pairs
 from .distributed import Dist, setup, share
-from .trajectories import ManifestError, ShardError, write_json_atomic
+from .trajectories import ManifestError, ShardError
 
-CKPT_FORMAT = "migm-shortcut-train-checkpoint"
 # Settings a --resume must share with the run it continues, or the result is not the same run.
 EXACT_KEYS = ("data_id", "world_size", "batch", "accum", "window", "seed", "val_fraction", "val_max", "shortcut_config",
               "init")
-
-
-class TrainingError(RuntimeError):
-    """The run stopped; the message says why and what to do."""
 
 
 class TrainingInterrupted(RuntimeError):
@@ -341,19 +337,6 @@ def noisy(feats: torch.Tensor, scale: float) -> torch.Tensor:
 # -- checkpoints -------------------------------------------------------------------
 
 
-def checkpoint_paths(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, json path) of complete checkpoints, oldest first."""
-    out = []
-    for p in run_dir.glob("ckpt-*.json"):
-        try:
-            step = int(p.stem.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if p.with_suffix(".safetensors").exists():
-            out.append((step, p))
-    return sorted(out)
-
-
 def save_checkpoint(d: Dist, run_dir: Path, step: int, model, ema, opt, stream: PairStream, meta: dict,
                     keep: int) -> Path | None:
     """Every rank calls this (states are gathered); rank 0 writes tensors, then the JSON."""
@@ -363,49 +346,18 @@ def save_checkpoint(d: Dist, run_dir: Path, step: int, model, ema, opt, stream: 
     gathered = d.gather({"stream": stream.state(), "rng": rng, "read": sorted(stream.read)})
     if not d.is_main:
         return None
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    opt_sd = opt.state_dict()
-    for i, state in opt_sd["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{i}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    tensors, groups = state_tensors(model, ema, opt)
     for r, g in enumerate(gathered):
         for kind, raw in g["rng"].items():
             tensors[f"rng.{kind}.{r}"] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
-    base = run_dir / f"ckpt-{step:08d}"
-    write_safetensors_atomic(base.with_suffix(".safetensors"), tensors)
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in opt_sd["param_groups"]]
-    record = {"format": CKPT_FORMAT, "version": 1, "step": step, **meta,
-              "streams": [g["stream"] for g in gathered], "shards_read": [g["read"] for g in gathered],
-              "optimizer": {"param_groups": groups}, "tensors": base.with_suffix(".safetensors").name,
-              "saved": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    try:
-        write_json_atomic(base.with_suffix(".json"), record)
-    except OSError:
-        base.with_suffix(".safetensors").unlink()  # tensors without their record are no checkpoint
-        raise
-    for old_step, old in checkpoint_paths(run_dir)[:-keep] if keep > 0 else []:
-        if old_step != step:
-            old.with_suffix(".safetensors").unlink(missing_ok=True)
-            old.unlink(missing_ok=True)
-    return base.with_suffix(".json")
+    record = {**meta, "streams": [g["stream"] for g in gathered], "shards_read": [g["read"] for g in gathered],
+              "optimizer": {"param_groups": groups}}
+    return write_checkpoint(run_dir, step, tensors, record, keep)
 
 
 def load_checkpoint(path: Path, d: Dist, model, ema, opt) -> dict:
-    from safetensors.torch import load_file
-
-    record = json.loads(path.read_text())
-    if record.get("format") != CKPT_FORMAT:
-        raise TrainingError(f"{path} is not a training checkpoint")
-    tensors = load_file(str(path.with_name(record["tensors"])))
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict[int, dict] = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": record["optimizer"]["param_groups"]})
+    record, tensors = read_checkpoint(path)
+    restore_state(tensors, record["optimizer"]["param_groups"], model, ema, opt)
     cpu = tensors.get(f"rng.cpu.{d.rank}")
     if cpu is not None:
         torch.set_rng_state(cpu)
@@ -413,41 +365,6 @@ def load_checkpoint(path: Path, d: Dist, model, ema, opt) -> dict:
     if cuda is not None and d.device.type == "cuda":
         torch.cuda.set_rng_state(cuda, d.device)
     return record
-
-
-def load_newest_valid(path: Path, run_dir: Path, spec: str, d: Dist, model, ema, opt, log) -> tuple[dict, Path]:
-    """Load ``path``; with ``--resume`` (auto), a damaged newest checkpoint (truncated, malformed)
-    is skipped with a warning for the one before it."""
-    candidates = [path]
-    if spec == "auto":
-        candidates += [p for _, p in reversed(checkpoint_paths(run_dir)) if p != path]
-    for i, candidate in enumerate(candidates):
-        try:
-            return load_checkpoint(candidate, d, model, ema, opt), candidate
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError, CheckpointError, TrainingError,
-                SafetensorError) as exc:
-            if i + 1 == len(candidates):
-                raise TrainingError(f"cannot resume: checkpoint {candidate} is damaged ({exc}) and no older one is "
-                                    f"readable; start a new run (another --run-dir)") from None
-            log(f"warning: checkpoint {candidate} is damaged ({type(exc).__name__}: {exc}); resuming from the one "
-                f"before it, {candidates[i + 1]}")
-    raise AssertionError("unreachable")
-
-
-def resolve_resume(spec: str | None, run_dir: Path) -> Path | None:
-    if spec is None:
-        return None
-    if spec == "auto":
-        found = checkpoint_paths(run_dir)
-        if not found:
-            raise TrainingError(f"--resume: {run_dir} holds no checkpoint; start without --resume")
-        return found[-1][1]
-    path = Path(spec)
-    if path.suffix == ".safetensors":
-        path = path.with_suffix(".json")
-    if not path.is_file():
-        raise TrainingError(f"--resume {spec}: no checkpoint file {path}")
-    return path
 
 
 # -- the run -----------------------------------------------------------------------
@@ -549,7 +466,8 @@ def _train(args, d: Dist, out: Path, run_dir: Path, resume_path: Path | None, lo
     start = 0
     last_val = None
     if resume_path is not None:
-        record, resume_path = load_newest_valid(resume_path, run_dir, args.resume, d, model, ema, opt, log)
+        record, resume_path = load_newest_valid(resume_path, run_dir, args.resume,
+                                                lambda p: load_checkpoint(p, d, model, ema, opt), log)
         changed = [k for k in EXACT_KEYS if record["exact"].get(k) != exact[k]]
         if changed:
             detail = "; ".join(f"{k}: checkpoint {record['exact'].get(k)!r}, now {exact[k]!r}" for k in changed)

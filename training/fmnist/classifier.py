@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
 from training.fmnist.dataset import DEFAULT_ROOT, IMAGE_SIZE, NUM_CLASSES, load_fmnist, to_tensor
 
 FILE_FORMAT = "fmnist_classifier/1"
@@ -173,15 +174,26 @@ def augment(x: torch.Tensor, generator: torch.Generator, max_shift: int = 2) -> 
     return out.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
 
 
-def train(args: argparse.Namespace, command: str) -> Path:
+# A --resume must share these with the run it continues, or it would not be the same run.
+EXACT_ARGS = ("epochs", "seed", "preset", "batch_size", "lr", "weight_decay", "augment")
+
+
+def load_split(split: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = load_fmnist(split, root)
+    return to_tensor(images), torch.from_numpy(labels)
+
+
+def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
+    """Train as ``args`` say; a checkpoint after every epoch in ``--run-dir``, from which
+    ``--resume`` continues bit-exactly. ``should_stop(epoch)``, asked before each epoch
+    (tests), ends the run there without writing the classifier."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
+    run = ResumableRun(args.run_dir, args.resume, {k: getattr(args, k) for k in EXACT_ARGS}, 2, log.info)
 
-    train_images, train_labels = load_fmnist("train", args.root)
-    test_images, test_labels = load_fmnist("test", args.root)
-    x_train, y_train = to_tensor(train_images), torch.from_numpy(train_labels)
-    x_test, y_test = to_tensor(test_images), torch.from_numpy(test_labels)
+    x_train, y_train = load_split("train", args.root)
+    x_test, y_test = load_split("test", args.root)
 
     config = CLASSIFIER_PRESETS[args.preset]
     model = FmnistClassifier(config)
@@ -194,8 +206,23 @@ def train(args: argparse.Namespace, command: str) -> Path:
         optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=0.15
     )
 
-    start = time.time()
-    for epoch in range(args.epochs):
+    done, seconds_before = 0, 0.0
+
+    def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
+        restore_state(tensors, record["optimizer"]["param_groups"], model, None, optimizer)
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.cpu"])
+
+    record = run.restore(load)
+    if record is not None:
+        done, seconds_before, command = record["step"], record["train_seconds"], record["command"]
+        schedule.last_epoch = done * steps_per_epoch  # the optimizer's groups hold this step's lr and momentum
+
+    start = time.time() - seconds_before
+    for epoch in range(done, args.epochs):
+        if should_stop is not None and should_stop(epoch + 1):
+            log.info("stopped before epoch %d", epoch + 1)
+            return run.run_dir
         model.train()
         order = torch.randperm(len(x_train), generator=generator)
         total_loss, correct = 0.0, 0
@@ -217,6 +244,11 @@ def train(args: argparse.Namespace, command: str) -> Path:
             "epoch %d/%d  train loss %.4f  train acc %.4f  test acc %.4f  (%.0f s)",
             epoch + 1, args.epochs, total_loss / len(x_train), correct / len(x_train), test_acc, time.time() - start,
         )
+        if epoch + 1 < args.epochs:
+            tensors, groups = state_tensors(model, None, optimizer)
+            tensors.update({"rng.generator": generator.get_state(), "rng.cpu": torch.get_rng_state()})
+            run.save(epoch + 1, tensors, {"train_seconds": time.time() - start, "command": command,
+                                          "optimizer": {"param_groups": groups}})
     train_seconds = time.time() - start
 
     model.eval()
@@ -265,6 +297,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST folder (default {DEFAULT_ROOT})")
     p.add_argument("--log", type=Path, default=Path("runs/fmnist_classifier/train.log"), help="log file")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/fmnist_classifier"), help="checkpoints, one per epoch")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
+                   "run folder (or the one given); the run's settings must be the same")
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
         p.error("--epochs, --batch-size and --threads must be positive")
@@ -282,7 +317,10 @@ def main(argv: list[str] | None = None) -> Path:
     )
     command = shlex.join(["python", "-m", "training.fmnist.classifier", *argv])
     log.info("command: %s", command)
-    return train(args, command)
+    try:
+        return train(args, command)
+    except TrainingError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from shortcut_core import MaskGIT, MaskGITConfig, MaskGITMIGM, fingerprint, generate, load_migm, load_vqgan, save_migm
 from shortcut_core.checkpoints import read_safetensors_metadata
 from training.fmnist.dataset import CLASS_NAMES, load_fmnist, to_tensor
+from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
 from training.train import ema_update
-from training.fmnist.train_tokenizer import Log
+from training.fmnist.train_tokenizer import Log, run_dir_for
 
 DEFAULT_OUT = Path("models/migm/fmnist_maskgit.safetensors")
 DEFAULT_VQ = Path("runs/fmnist/vq.safetensors")
@@ -91,7 +92,8 @@ def init_weights(model: MaskGIT) -> None:
 
 
 def grow_from(model: MaskGIT, path: str | Path) -> str:
-    """Start ``model`` from a trained shallower MaskGIT of the same width (progressive growing).
+    """Start ``model`` from a trained shallower MaskGIT of the same width (progressive growing),
+    or of the same depth (training further).
 
     Trained block i goes to block ``i * depth // old_depth``; every block in between is
     new with zeroed output projections, so it starts as the identity and the grown model
@@ -119,6 +121,8 @@ def grow_from(model: MaskGIT, path: str | Path) -> str:
             prefix = f"transformer.layers.{new_index}."
             state.update({k: v for k, v in model.state_dict().items() if k.startswith(prefix)})
     model.load_state_dict(state)
+    if nc.depth == oc.depth:
+        return f"training further from {path} (depth {nc.depth})"
     return f"grown from {path} (depth {oc.depth} -> {nc.depth}; trained blocks at {sorted(placed)})"
 
 
@@ -173,18 +177,44 @@ def quick_eval(migm: MaskGITMIGM, per_class: int, steps: int, seed: int = 0) -> 
     }
 
 
-def train(args: argparse.Namespace, command: str) -> Path:
+# A --resume must share these with the run it continues, or it would not be the same run.
+EXACT_ARGS = ("preset", "init_from", "vq", "steps", "batch_size", "lr", "weight_decay", "label_drop",
+              "label_smoothing", "ema", "seed")
+
+
+def lr_lambda(steps: int):
+    """Linear warm-up over 5 % of the run, then cosine down to 0.1 of the peak."""
+    warmup = max(1, steps // 20)
+    return lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def tokenizer_path(args: argparse.Namespace) -> str:
+    """A grown model keeps the tokenizer of the model it grows from: its bundled one, unless --vq says."""
+    return args.vq or args.init_from or str(DEFAULT_VQ)
+
+
+def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
+    """Train as ``args`` say; checkpoints every ``--ckpt-every`` steps in the run folder, from
+    which ``--resume`` continues bit-exactly. ``should_stop(step)``, asked before each step
+    (tests), ends the run there without writing the model."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    log = Log(Path(args.log) if args.log else out.with_suffix(".log"))
+    vq = tokenizer_path(args)
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = Log(Path(args.log) if args.log else run_dir / "train.log")
     log(f"$ {command}")
-    vqgan = load_vqgan(args.vq)
-    vq_info = read_safetensors_metadata(args.vq).get("info", {})
+    vqgan = load_vqgan(vq)
+    vq_info = read_safetensors_metadata(vq).get("info", {})
+    # The tokenizer by content: growing in place (--out = --init-from) replaces the file at the end.
+    exact = {k: getattr(args, k) for k in EXACT_ARGS} | {"vq": fingerprint(vqgan.state_dict(), vqgan.config.to_dict())}
+    run = ResumableRun(run_dir, args.resume, exact, args.keep_ckpts, log)
     config = MASKGIT_FMNIST_PRESETS[args.preset]
     model = MaskGIT(config)
     init_weights(model)
-    if args.init_from:
+    grown = read_safetensors_metadata(args.init_from).get("info", {}) if args.init_from else {}
+    if args.init_from and run.resume_path is None:
         log(grow_from(model, args.init_from))
     log(f"MaskGIT {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, {config.to_dict()}")
 
@@ -198,13 +228,34 @@ def train(args: argparse.Namespace, command: str) -> Path:
     other_params = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "emb" not in n)]
     opt = torch.optim.AdamW([{"params": decay_params, "weight_decay": args.weight_decay},
                              {"params": other_params, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.96))
-    warmup = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.steps))
     generator = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
+    done, seconds_before, history = 0, 0.0, []
+
+    def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
+        restore_state(tensors, record["optimizer"]["param_groups"], model, ema, opt)
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.cpu"])
+
+    record = run.restore(load)
+    if record is not None:
+        done, seconds_before, history = record["step"], record["train_seconds"], record["val_history"]
+        grown, command = record["grown_info"], record["command"]  # the file records the run, not its resumption
+        sched.last_epoch = done  # the optimizer's groups already hold the learning rate of this step
+
+    def checkpoint(step: int, seconds: float) -> None:
+        tensors, groups = state_tensors(model, ema, opt)
+        tensors["rng.generator"] = generator.get_state()
+        tensors["rng.cpu"] = torch.get_rng_state()
+        run.save(step, tensors, {"train_seconds": seconds, "val_history": history, "grown_info": grown,
+                                 "command": command, "optimizer": {"param_groups": groups}})
+
+    start = time.perf_counter() - seconds_before
     model.train()
-    for step in range(1, args.steps + 1):
+    for step in range(done + 1, args.steps + 1):
+        if should_stop is not None and should_stop(step):
+            log(f"stopped before step {step}")
+            return run_dir
         idx = torch.randint(len(train_tokens), (args.batch_size,), generator=generator)
         tokens = train_tokens[idx]
         inp, mask = mask_tokens(tokens, generator, config.mask_id)
@@ -221,14 +272,21 @@ def train(args: argparse.Namespace, command: str) -> Path:
         if step % args.log_every == 0 or step == 1:
             elapsed = time.perf_counter() - start
             log(f"step {step}/{args.steps}  loss {loss.item():.4f}  lr {sched.get_last_lr()[0]:.2e}  "
-                f"{elapsed:.0f}s ({elapsed / step:.2f} s/step)")
+                f"{elapsed:.0f}s ({(elapsed - seconds_before) / (step - done):.2f} s/step)")
+        if args.val_every and step % args.val_every == 0 and step < args.steps:
+            history.append({"step": step, "test_masked_ce": round(masked_loss(ema, test_tokens, test_labels), 4)})
+            log(f"step {step}: masked-token CE on the test split (EMA) {history[-1]['test_masked_ce']:.4f}")
+        if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
+            checkpoint(step, time.perf_counter() - start)
     train_seconds = time.perf_counter() - start
     val = masked_loss(ema, test_tokens, test_labels)
     log(f"trained {args.steps} steps in {train_seconds:.0f}s; masked-token CE on the test split (EMA): {val:.4f}")
 
     migm = MaskGITMIGM(ema, vqgan, name="fmnist_maskgit", class_names=CLASS_NAMES,
                        fingerprint=fingerprint(ema.state_dict(), config.to_dict()))
-    metrics = {"test_masked_ce": round(val, 4), "tokenizer": vq_info.get("test_metrics", {})}
+    metrics = {"test_masked_ce": round(val, 4), "tokenizer": vq_info.get("test_metrics", grown.get("metrics", {}).get("tokenizer", {}))}
+    if history:
+        metrics["test_masked_ce_history"] = history
     if args.eval_per_class:
         t0 = time.perf_counter()
         metrics["quick_sample"] = quick_eval(migm, args.eval_per_class, steps=8)
@@ -237,12 +295,14 @@ def train(args: argparse.Namespace, command: str) -> Path:
         "data": "Fashion-MNIST train split (60000 images) tokenized to 7x7 codes; metrics on the test split",
         "preset": args.preset, "init_from": args.init_from or None, "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
         "label_drop": args.label_drop, "ema": args.ema, "seed": args.seed, "train_seconds": round(train_seconds),
-        "metrics": metrics, "sampling_defaults": SAMPLING_DEFAULTS,
+        "metrics": metrics, "sampling_defaults": grown.get("sampling_defaults", SAMPLING_DEFAULTS),
         "commands": {"tokenizer": vq_info.get("command", "python -m training.fmnist.train_tokenizer"), "maskgit": command},
     }
     if args.init_from:  # the whole recipe: how the model this one grew from was made
-        grown = read_safetensors_metadata(args.init_from).get("info", {})
-        info["commands"] = {**grown.get("commands", {}), "maskgit_grown": command}
+        commands = dict(grown.get("commands", {}))
+        earlier = sum(k.startswith("maskgit") for k in commands)  # "maskgit", then "maskgit_grown", then numbered
+        key = ("maskgit", "maskgit_grown")[earlier] if earlier < 2 else f"maskgit_{earlier + 1}"
+        info["commands"] = {**commands, key: command}
         info["init_from_info"] = {k: grown.get(k) for k in ("preset", "steps", "train_seconds", "metrics")}
     save_migm(migm, out, info=info)
     log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
@@ -252,8 +312,10 @@ def train(args: argparse.Namespace, command: str) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(MASKGIT_FMNIST_PRESETS), default="fmnist-h96-d8")
-    p.add_argument("--vq", default=str(DEFAULT_VQ), help="tokenizer from training.fmnist.train_tokenizer")
-    p.add_argument("--init-from", default="", help="a trained MIGM of the same width to grow in depth from")
+    p.add_argument("--vq", default="", help="tokenizer from training.fmnist.train_tokenizer (default: the one bundled in "
+                   f"--init-from when growing, else {DEFAULT_VQ})")
+    p.add_argument("--init-from", default="", help="a trained MIGM of the same width to grow in depth from (or to "
+                   "train further, at the same depth)")
     p.add_argument("--steps", type=int, default=1800)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -265,14 +327,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is much faster than 2 on a busy 2-core machine")
-    p.add_argument("--log", default="", help="log file (default: <out>.log, kept beside runs/ outputs)")
+    p.add_argument("--log", default="", help="log file (default: train.log in the run folder)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--run-dir", default="", help="checkpoints and the log (default: OUT's name + .run beside it, or "
+                   "in runs/fmnist/ for a file under models/)")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
+                   "run folder (or the one given); the run's settings must be the same")
+    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (0: none)")
+    p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
+    p.add_argument("--val-every", type=int, default=0, help="steps between test-split masked-token CE checks (0: at the end only)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
-    return train(parse_args(argv), ("python -m training.fmnist.train_maskgit " + shlex.join(argv)).strip())
+    try:
+        return train(parse_args(argv), ("python -m training.fmnist.train_maskgit " + shlex.join(argv)).strip())
+    except (TrainingError, ValueError) as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

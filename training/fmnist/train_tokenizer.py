@@ -9,7 +9,9 @@ steps are restarted on random encoder outputs, so usage stays healthy.
     python -m training.fmnist.train_tokenizer --steps 200 --out runs/fmnist/vq_try.safetensors
 
 Writes ``--out`` (a ``kind=vqgan`` safetensors with config and info metadata) and logs to
-stdout and ``<out>.log``. Bundled into the MIGM file by ``training.fmnist.train_maskgit``.
+stdout and the run folder (``OUT.run/train.log``), which also holds checkpoints every
+``--ckpt-every`` steps; ``--resume`` continues an interrupted run bit-exactly.
+Bundled into the MIGM file by ``training.fmnist.train_maskgit``.
 """
 from __future__ import annotations
 
@@ -25,7 +27,9 @@ import torch.nn.functional as F
 
 from shortcut_core.migm import save_vqgan
 from shortcut_core.vqgan import VQGAN, VQGANConfig
+from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
 from training.fmnist.dataset import load_fmnist, to_tensor
+from training.train import default_run_dir
 
 DEFAULT_OUT = Path("runs/fmnist/vq.safetensors")
 
@@ -50,6 +54,15 @@ class Log:
         print(msg, flush=True)
         self.file.write(msg + "\n")
         self.file.flush()
+
+
+def run_dir_for(out: str | Path) -> Path:
+    """The run folder (log, checkpoints) of a trainer writing ``out``: beside it, except for the
+    shipped files under ``models/``, whose runs go to ``runs/fmnist/`` (git-ignored)."""
+    out = Path(out)
+    if "models" in out.parent.parts:
+        return Path("runs/fmnist") / (out.stem + ".run")
+    return default_run_dir(out)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -89,19 +102,28 @@ def restart_dead_codes(model: VQGAN, usage: torch.Tensor, latents: torch.Tensor,
     return len(dead)
 
 
-def train(args: argparse.Namespace, command: str) -> Path:
+# A --resume must share these with the run it continues, or it would not be the same run.
+EXACT_ARGS = ("preset", "steps", "batch_size", "lr", "restart_every", "seed")
+
+
+def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
+    """Train as ``args`` say; checkpoints every ``--ckpt-every`` steps in the run folder, from
+    which ``--resume`` continues bit-exactly. ``should_stop(step)``, asked before each step
+    (tests), ends the run there without writing the tokenizer."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    log = Log(out.with_suffix(".log"))
+    run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = Log(Path(args.log) if args.log else run_dir / "train.log")
     log(f"$ {command}")
+    run = ResumableRun(run_dir, args.resume, {k: getattr(args, k) for k in EXACT_ARGS}, args.keep_ckpts, log)
     config = VQ_PRESETS[args.preset]
     model = VQGAN(config)
     n_params = sum(p.numel() for p in model.parameters())
     log(f"VQGAN {args.preset}: {n_params / 1e6:.3f} M parameters, {config.to_dict()}")
 
-    train_images = to_tensor(load_fmnist("train")[0])
-    test_images = to_tensor(load_fmnist("test")[0])
+    train_images, test_images = load_images()
     generator = torch.Generator().manual_seed(args.seed)
 
     # Data init: the codebook starts on encoder outputs of random training images.
@@ -114,9 +136,25 @@ def train(args: argparse.Namespace, command: str) -> Path:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
     usage = torch.zeros(config.n_embed)
-    start = time.perf_counter()
+    done, seconds_before = 0, 0.0
+
+    def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
+        restore_state(tensors, record["optimizer"]["param_groups"], model, None, opt)
+        usage.copy_(tensors["usage"])
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.cpu"])
+
+    record = run.restore(load)
+    if record is not None:
+        done, seconds_before, command = record["step"], record["train_seconds"], record["command"]
+        sched.last_epoch = done  # the optimizer's groups already hold the learning rate of this step
+
+    start = time.perf_counter() - seconds_before
     model.train()
-    for step in range(1, args.steps + 1):
+    for step in range(done + 1, args.steps + 1):
+        if should_stop is not None and should_stop(step):
+            log(f"stopped before step {step}")
+            return run_dir
         idx = torch.randint(len(train_images), (args.batch_size,), generator=generator)
         x = train_images[idx]
         z = model.encode_continuous(x)
@@ -137,7 +175,12 @@ def train(args: argparse.Namespace, command: str) -> Path:
             elapsed = time.perf_counter() - start
             log(f"step {step}/{args.steps}  loss {loss.item():.4f}  rec {rec_loss.item():.4f}  "
                 f"vq {vq['total'].item():.4f}  psnr(batch) {psnr(recon.detach(), x):.2f} dB  "
-                f"restarted {restarted}  {elapsed:.0f}s ({elapsed / step:.3f} s/step)")
+                f"restarted {restarted}  {elapsed:.0f}s ({(elapsed - seconds_before) / (step - done):.3f} s/step)")
+        if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
+            tensors, groups = state_tensors(model, None, opt)
+            tensors.update({"usage": usage, "rng.generator": generator.get_state(), "rng.cpu": torch.get_rng_state()})
+            run.save(step, tensors, {"train_seconds": time.perf_counter() - start, "command": command,
+                                     "optimizer": {"param_groups": groups}})
     train_seconds = time.perf_counter() - start
     metrics = evaluate(model, test_images)
     log(f"test: {metrics}  train time {train_seconds:.0f}s")
@@ -151,6 +194,11 @@ def train(args: argparse.Namespace, command: str) -> Path:
     return out
 
 
+def load_images() -> tuple[torch.Tensor, torch.Tensor]:
+    """The train and test splits as tensors in [-1, 1]."""
+    return to_tensor(load_fmnist("train")[0]), to_tensor(load_fmnist("test")[0])
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--preset", choices=sorted(VQ_PRESETS), default="fmnist-f4-256")
@@ -162,13 +210,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="1 is much faster than 2 on a busy 2-core machine")
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--log", default="", help="log file (default: train.log in the run folder)")
+    p.add_argument("--run-dir", default="", help="checkpoints and the log (default: OUT's name + .run beside it, or "
+                   "in runs/fmnist/ for a file under models/)")
+    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
+                   "run folder (or the one given); the run's settings must be the same")
+    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (0: none)")
+    p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     command = "python -m training.fmnist.train_tokenizer " + shlex.join(argv)
-    return train(parse_args(argv), command.strip())
+    try:
+        return train(parse_args(argv), command.strip())
+    except TrainingError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":

@@ -1,0 +1,48 @@
+"""The embedded tokenizer's trainer resumes an interrupted run bit-exactly."""
+import dataclasses
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from shortcut_core.checkpoints import read_safetensors_metadata
+from tests.tiny import TINY_VQGAN
+from training.fmnist import train_tokenizer
+
+
+@pytest.fixture
+def tiny_recipe(monkeypatch):
+    """The trainer on a tiny VQGAN and random images instead of Fashion-MNIST."""
+    # Many codes, few used per step: dead codes restart from the usage counts, which must resume too.
+    monkeypatch.setitem(train_tokenizer.VQ_PRESETS, "tiny", dataclasses.replace(TINY_VQGAN, n_embed=256))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(48, TINY_VQGAN.in_channels, TINY_VQGAN.resolution, TINY_VQGAN.resolution, generator=g) * 2 - 1
+    monkeypatch.setattr(train_tokenizer, "load_images", lambda: (images[:32], images[32:]))
+
+    def run(out, *extra, should_stop=None):
+        argv = ["--preset", "tiny", "--steps", "7", "--batch-size", "4", "--restart-every", "2", "--ckpt-every", "3",
+                "--keep-ckpts", "0", "--log-every", "1", "--out", str(out), *extra]
+        return train_tokenizer.train(train_tokenizer.parse_args(argv), "cmd " + " ".join(argv), should_stop=should_stop)
+
+    return run
+
+
+def test_interrupted_tokenizer_training_resumes_bit_exactly(tiny_recipe, tmp_path):
+    whole = tiny_recipe(tmp_path / "whole.safetensors")
+    part = tmp_path / "part.safetensors"
+    tiny_recipe(part, should_stop=lambda step: step == 5)  # after the checkpoint of step 3
+    assert not part.exists()
+    assert [p.name for p in sorted((tmp_path / "part.run").glob("ckpt-*.json"))] == ["ckpt-00000003.json"]
+    with pytest.raises(train_tokenizer.TrainingError, match="pass --resume"):
+        tiny_recipe(part)
+    with pytest.raises(train_tokenizer.TrainingError, match="settings differ.*restart_every"):
+        tiny_recipe(part, "--resume", "--restart-every", "3")
+    tiny_recipe(part, "--resume")
+    a, b = load_file(str(whole)), load_file(str(part))
+    assert a.keys() == b.keys()
+    for key in a:  # the codebook too, whose dead codes restart from the generator and usage counts
+        assert torch.equal(a[key], b[key]), key
+    info = read_safetensors_metadata(part)["info"]
+    assert info["test_metrics"] == read_safetensors_metadata(whole)["info"]["test_metrics"]
+    assert "--resume" not in info["command"]
+    assert "resumed from" in (tmp_path / "part.run" / "train.log").read_text()
