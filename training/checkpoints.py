@@ -38,10 +38,13 @@ def checkpoint_paths(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def state_tensors(model, ema, opt) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def state_tensors(model, ema, opt, generator: torch.Generator | None = None) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """A training state as flat tensors for safetensors, and the optimizer's param groups for JSON
-    (``ema`` None: a run without one)."""
+    (``ema`` None: a run without one). With ``generator`` (a single-process run's data
+    generator), it and the global CPU generator are saved too."""
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    if generator is not None:
+        tensors.update({"rng.generator": generator.get_state(), "rng.cpu": torch.get_rng_state()})
     if ema is not None:
         tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
     opt_sd = opt.state_dict()
@@ -52,8 +55,12 @@ def state_tensors(model, ema, opt) -> tuple[dict[str, torch.Tensor], list[dict]]
     return tensors, groups
 
 
-def restore_state(tensors: dict[str, torch.Tensor], param_groups: list[dict], model, ema, opt) -> None:
+def restore_state(tensors: dict[str, torch.Tensor], param_groups: list[dict], model, ema, opt,
+                  generator: torch.Generator | None = None) -> None:
     """The inverse of ``state_tensors``."""
+    if generator is not None:
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.cpu"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
@@ -127,6 +134,15 @@ def resolve_resume(spec: str | None, run_dir: Path) -> Path | None:
     if not path.is_file():
         raise TrainingError(f"--resume {spec}: no checkpoint file {path}")
     return path
+
+
+def add_resume_arguments(p, ckpt_every: int | None = 250) -> None:
+    """``--resume`` (and, with ``ckpt_every``, ``--ckpt-every``/``--keep-ckpts``) of a trainer using ``ResumableRun``."""
+    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
+                   "run folder (or the one given); the run's settings must be the same")
+    if ckpt_every is not None:
+        p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="steps between checkpoints (0: none)")
+        p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
 
 
 class ResumableRun:

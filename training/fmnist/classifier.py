@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
+from training.checkpoints import ResumableRun, TrainingError, add_resume_arguments, restore_state, state_tensors
 from training.fmnist.dataset import DEFAULT_ROOT, IMAGE_SIZE, NUM_CLASSES, load_fmnist, to_tensor
 
 FILE_FORMAT = "fmnist_classifier/1"
@@ -209,9 +209,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     done, seconds_before = 0, 0.0
 
     def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
-        restore_state(tensors, record["optimizer"]["param_groups"], model, None, optimizer)
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.cpu"])
+        restore_state(tensors, record["optimizer"]["param_groups"], model, None, optimizer, generator)
 
     record = run.restore(load)
     if record is not None:
@@ -245,8 +243,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
             epoch + 1, args.epochs, total_loss / len(x_train), correct / len(x_train), test_acc, time.time() - start,
         )
         if epoch + 1 < args.epochs:
-            tensors, groups = state_tensors(model, None, optimizer)
-            tensors.update({"rng.generator": generator.get_state(), "rng.cpu": torch.get_rng_state()})
+            tensors, groups = state_tensors(model, None, optimizer, generator)
             run.save(epoch + 1, tensors, {"train_seconds": time.time() - start, "command": command,
                                           "optimizer": {"param_groups": groups}})
     train_seconds = time.time() - start
@@ -298,8 +295,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", type=Path, default=DEFAULT_ROOT, help=f"Fashion-MNIST folder (default {DEFAULT_ROOT})")
     p.add_argument("--log", type=Path, default=Path("runs/fmnist_classifier/train.log"), help="log file")
     p.add_argument("--run-dir", type=Path, default=Path("runs/fmnist_classifier"), help="checkpoints, one per epoch")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
-                   "run folder (or the one given); the run's settings must be the same")
+    add_resume_arguments(p, ckpt_every=None)
     args = p.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.threads < 1:
         p.error("--epochs, --batch-size and --threads must be positive")

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from shortcut_core import MaskGIT, MaskGITConfig, MaskGITMIGM, fingerprint, generate, load_migm, load_vqgan, save_migm
 from shortcut_core.checkpoints import read_safetensors_metadata
 from training.fmnist.dataset import CLASS_NAMES, load_fmnist, to_tensor
-from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
+from training.checkpoints import ResumableRun, TrainingError, add_resume_arguments, restore_state, state_tensors
 from training.train import ema_update
 from training.fmnist.train_tokenizer import Log, run_dir_for
 
@@ -233,9 +233,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     done, seconds_before, history = 0, 0.0, []
 
     def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
-        restore_state(tensors, record["optimizer"]["param_groups"], model, ema, opt)
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.cpu"])
+        restore_state(tensors, record["optimizer"]["param_groups"], model, ema, opt, generator)
 
     record = run.restore(load)
     if record is not None:
@@ -244,9 +242,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
         sched.last_epoch = done  # the optimizer's groups already hold the learning rate of this step
 
     def checkpoint(step: int, seconds: float) -> None:
-        tensors, groups = state_tensors(model, ema, opt)
-        tensors["rng.generator"] = generator.get_state()
-        tensors["rng.cpu"] = torch.get_rng_state()
+        tensors, groups = state_tensors(model, ema, opt, generator)
         run.save(step, tensors, {"train_seconds": seconds, "val_history": history, "grown_info": grown,
                                  "command": command, "optimizer": {"param_groups": groups}})
 
@@ -331,10 +327,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=str(DEFAULT_OUT))
     p.add_argument("--run-dir", default="", help="checkpoints and the log (default: OUT's name + .run beside it, or "
                    "in runs/fmnist/ for a file under models/)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
-                   "run folder (or the one given); the run's settings must be the same")
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (0: none)")
-    p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
+    add_resume_arguments(p)
     p.add_argument("--val-every", type=int, default=0, help="steps between test-split masked-token CE checks (0: at the end only)")
     return p.parse_args(argv)
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from shortcut_core.migm import save_vqgan
 from shortcut_core.vqgan import VQGAN, VQGANConfig
-from training.checkpoints import ResumableRun, TrainingError, restore_state, state_tensors
+from training.checkpoints import ResumableRun, TrainingError, add_resume_arguments, restore_state, state_tensors
 from training.fmnist.dataset import load_fmnist, to_tensor
 from training.train import default_run_dir
 
@@ -139,10 +139,8 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     done, seconds_before = 0, 0.0
 
     def load(record: dict, tensors: dict[str, torch.Tensor]) -> None:
-        restore_state(tensors, record["optimizer"]["param_groups"], model, None, opt)
+        restore_state(tensors, record["optimizer"]["param_groups"], model, None, opt, generator)
         usage.copy_(tensors["usage"])
-        generator.set_state(tensors["rng.generator"])
-        torch.set_rng_state(tensors["rng.cpu"])
 
     record = run.restore(load)
     if record is not None:
@@ -177,8 +175,8 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
                 f"vq {vq['total'].item():.4f}  psnr(batch) {psnr(recon.detach(), x):.2f} dB  "
                 f"restarted {restarted}  {elapsed:.0f}s ({(elapsed - seconds_before) / (step - done):.3f} s/step)")
         if args.ckpt_every and step % args.ckpt_every == 0 and step < args.steps:
-            tensors, groups = state_tensors(model, None, opt)
-            tensors.update({"usage": usage, "rng.generator": generator.get_state(), "rng.cpu": torch.get_rng_state()})
+            tensors, groups = state_tensors(model, None, opt, generator)
+            tensors["usage"] = usage
             run.save(step, tensors, {"train_seconds": time.perf_counter() - start, "command": command,
                                      "optimizer": {"param_groups": groups}})
     train_seconds = time.perf_counter() - start
@@ -213,10 +211,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log", default="", help="log file (default: train.log in the run folder)")
     p.add_argument("--run-dir", default="", help="checkpoints and the log (default: OUT's name + .run beside it, or "
                    "in runs/fmnist/ for a file under models/)")
-    p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
-                   "run folder (or the one given); the run's settings must be the same")
-    p.add_argument("--ckpt-every", type=int, default=250, help="steps between checkpoints (0: none)")
-    p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
+    add_resume_arguments(p)
     return p.parse_args(argv)
 
 
