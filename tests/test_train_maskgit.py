@@ -122,3 +122,9 @@ def test_training_further_at_the_same_depth_keeps_the_recipe(tiny_recipe, tmp_pa
     assert info["commands"]["maskgit"].startswith("cmd --preset tiny-deep")
     assert (info["commands"]["maskgit_grown"], info["commands"]["maskgit_3"]) == ("cmd second", "cmd third")
     assert info["init_from_info"]["steps"] == 2
+
+
+def test_recipe_commands_in_the_order_they_ran():
+    commands = {"maskgit_3": "c", "tokenizer": "t", "maskgit_grown": "b", "maskgit": "a", "maskgit_4": "d"}
+    assert train_maskgit.recipe_commands(commands) == ["t", "a", "b", "c", "d"]
+    assert train_maskgit.recipe_commands({"maskgit": "a"}) == ["a"]

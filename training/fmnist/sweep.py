@@ -55,6 +55,7 @@ from training.fmnist.classifier import load_classifier, predict
 from training.fmnist.dataset import CLASS_NAMES
 from training.fmnist.fd import (class_consistency, extract_features, fd_fmnist, feature_stats,
                                 frechet_distance_stats, image_stats, reference_stats, to_classifier_input)
+from training.fmnist.train_maskgit import recipe_commands
 from training.fmnist.train_tokenizer import Log
 
 DEFAULT_MIGM = Path("models/migm/fmnist_maskgit.safetensors")
@@ -670,8 +671,7 @@ def reference_points(migm, classifier, ref, count: int) -> dict:
 
 def default_commands(migm, shortcut, command: str) -> list[str]:
     """Tokenizer, base model, shortcut (as their files record them), then this sweep."""
-    made = migm.info.get("commands", {})
-    out = [made[k] for k in ("tokenizer", "maskgit", "maskgit_grown") if k in made]
+    out = recipe_commands(migm.info.get("commands", {}))
     short = shortcut.info.get("commands", shortcut.info.get("command", []))
     out += short if isinstance(short, list) else [short]
     return [*out, command]

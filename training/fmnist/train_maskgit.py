@@ -188,6 +188,17 @@ def lr_lambda(steps: int):
     return lambda s: min(1.0, (s + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
+def stage_key(earlier: int) -> str:
+    """The metadata key of a model's training command after ``earlier`` base-model stages."""
+    return ("maskgit", "maskgit_grown")[earlier] if earlier < 2 else f"maskgit_{earlier + 1}"
+
+
+def recipe_commands(commands: dict[str, str]) -> list[str]:
+    """A model file's commands in the order they ran: tokenizer, then each base-model stage."""
+    stages = [commands[stage_key(i)] for i in range(len(commands)) if stage_key(i) in commands]
+    return ([commands["tokenizer"]] if "tokenizer" in commands else []) + stages
+
+
 def tokenizer_path(args: argparse.Namespace) -> str:
     """A grown model keeps the tokenizer of the model it grows from: its bundled one, unless --vq says."""
     return args.vq or args.init_from or str(DEFAULT_VQ)
@@ -296,9 +307,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     }
     if args.init_from:  # the whole recipe: how the model this one grew from was made
         commands = dict(grown.get("commands", {}))
-        earlier = sum(k.startswith("maskgit") for k in commands)  # "maskgit", then "maskgit_grown", then numbered
-        key = ("maskgit", "maskgit_grown")[earlier] if earlier < 2 else f"maskgit_{earlier + 1}"
-        info["commands"] = {**commands, key: command}
+        info["commands"] = {**commands, stage_key(sum(k.startswith("maskgit") for k in commands)): command}
         info["init_from_info"] = {k: grown.get(k) for k in ("preset", "steps", "train_seconds", "metrics")}
     save_migm(migm, out, info=info)
     log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
