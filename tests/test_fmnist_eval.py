@@ -261,9 +261,7 @@ def test_image_conventions_give_the_same_features(classifier, test_split):
 
 
 def test_interrupted_classifier_training_resumes_bit_exactly(tmp_path, monkeypatch):
-    from safetensors.torch import load_file
-
-    from training.checkpoints import TrainingError
+    from tests.resume_check import assert_resumes_bit_exactly
     from training.fmnist import classifier
 
     g = torch.Generator().manual_seed(0)
@@ -271,19 +269,11 @@ def test_interrupted_classifier_training_resumes_bit_exactly(tmp_path, monkeypat
               for split, n in (("train", 40), ("test", 20))}
     monkeypatch.setattr(classifier, "load_split", lambda split, root: splits[split])
 
-    def run(name, *extra, should_stop=None):
-        argv = ["--epochs", "3", "--batch-size", "16", "--threads", "1", "--out", str(tmp_path / f"{name}.safetensors"),
-                "--run-dir", str(tmp_path / f"{name}.run"), *extra]
-        return classifier.train(classifier.parse_args(argv), f"cmd {name}", should_stop=should_stop)
+    def run(out, *extra, should_stop=None):
+        argv = ["--epochs", "3", "--batch-size", "16", "--threads", "1", "--out", str(out),
+                "--run-dir", str(out.with_suffix(".run")), *extra]
+        return classifier.train(classifier.parse_args(argv), f"cmd {out.stem}", should_stop=should_stop)
 
-    whole = run("whole")
-    run("part", should_stop=lambda epoch: epoch == 3)  # after the checkpoint of epoch 2
-    assert not (tmp_path / "part.safetensors").exists()
-    with pytest.raises(TrainingError, match="pass --resume"):
-        run("part")
-    with pytest.raises(TrainingError, match="settings differ.*augment"):
-        run("part", "--resume", "--no-augment")
-    part = run("part", "--resume")  # augmentation draws from the generator: it must resume too
-    a, b = load_file(str(whole)), load_file(str(part))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # stopped before epoch 3, after the checkpoint of epoch 2; augmentation draws from the generator
+    _, part = assert_resumes_bit_exactly(run, tmp_path, 3, ("--no-augment",), "augment")
     assert classifier.read_classifier_metadata(part)["command"] == "cmd part"

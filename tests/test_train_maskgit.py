@@ -47,6 +47,7 @@ from pathlib import Path  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from shortcut_core.checkpoints import read_safetensors_metadata  # noqa: E402
+from tests.resume_check import assert_resumes_bit_exactly  # noqa: E402
 from training.fmnist import train_maskgit  # noqa: E402
 
 
@@ -75,27 +76,23 @@ def tiny_recipe(shallow, monkeypatch):
 
 
 def test_interrupted_base_training_resumes_bit_exactly(tiny_recipe, tmp_path):
-    whole = tiny_recipe(tmp_path / "whole.safetensors")
-    part = tmp_path / "part.safetensors"
-    tiny_recipe(part, should_stop=lambda step: step == 8)  # stops after the checkpoint of step 6
-    assert not part.exists()
+    # stopped before step 8, after the checkpoint of step 6
+    whole, part = assert_resumes_bit_exactly(tiny_recipe, tmp_path, 8, ("--lr", "0.002"), "lr")
     run_dir = tmp_path / "part.run"
     assert sorted(p.name for p in run_dir.glob("ckpt-*.json")) == ["ckpt-00000003.json", "ckpt-00000006.json"]
-    with pytest.raises(train_maskgit.TrainingError, match="pass --resume"):
-        tiny_recipe(part)
-    with pytest.raises(train_maskgit.TrainingError, match="settings differ.*lr"):
-        tiny_recipe(part, "--resume", "--lr", "0.002")
-    tiny_recipe(part, "--resume")
-    a, b = load_file(str(whole)), load_file(str(part))
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
     info_a, info_b = (read_safetensors_metadata(p)["info"] for p in (whole, part))
     assert info_a["metrics"]["test_masked_ce_history"] == info_b["metrics"]["test_masked_ce_history"]
     assert [h["step"] for h in info_b["metrics"]["test_masked_ce_history"]] == [4]
     assert info_b["commands"]["maskgit"].startswith("cmd --preset tiny-deep") and "--resume" not in info_b["commands"]["maskgit"]
     log = (run_dir / "train.log").read_text()
     assert "resumed from" in log and "grown from" in log
+
+
+def test_a_changed_architecture_is_named_not_taken_for_damage(tiny_recipe, tmp_path):
+    part = tmp_path / "part.safetensors"
+    tiny_recipe(part, should_stop=lambda step: step == 8)
+    with pytest.raises(train_maskgit.TrainingError, match="settings differ.*preset"):
+        tiny_recipe(part, "--resume", "--preset", "tiny")  # depth 2: the checkpoint's tensors would not fit
 
 
 def test_resume_skips_a_damaged_newest_checkpoint(tiny_recipe, tmp_path):

@@ -3,9 +3,9 @@ import dataclasses
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from shortcut_core.checkpoints import read_safetensors_metadata
+from tests.resume_check import assert_resumes_bit_exactly
 from tests.tiny import TINY_VQGAN
 from training.fmnist import train_tokenizer
 
@@ -28,20 +28,11 @@ def tiny_recipe(monkeypatch):
 
 
 def test_interrupted_tokenizer_training_resumes_bit_exactly(tiny_recipe, tmp_path):
-    whole = tiny_recipe(tmp_path / "whole.safetensors")
-    part = tmp_path / "part.safetensors"
-    tiny_recipe(part, should_stop=lambda step: step == 5)  # after the checkpoint of step 3
-    assert not part.exists()
-    assert [p.name for p in sorted((tmp_path / "part.run").glob("ckpt-*.json"))] == ["ckpt-00000003.json"]
-    with pytest.raises(train_tokenizer.TrainingError, match="pass --resume"):
-        tiny_recipe(part)
-    with pytest.raises(train_tokenizer.TrainingError, match="settings differ.*restart_every"):
-        tiny_recipe(part, "--resume", "--restart-every", "3")
-    tiny_recipe(part, "--resume")
-    a, b = load_file(str(whole)), load_file(str(part))
-    assert a.keys() == b.keys()
-    for key in a:  # the codebook too, whose dead codes restart from the generator and usage counts
-        assert torch.equal(a[key], b[key]), key
+    # stopped before step 5, after the checkpoint of step 3; the codebook's dead codes restart
+    # from the generator and the usage counts, which must resume too
+    whole, part = assert_resumes_bit_exactly(tiny_recipe, tmp_path, 5, ("--restart-every", "3"), "restart_every")
+    # step 3 from the stopped run, step 6 from the resumed one
+    assert [p.name for p in sorted((tmp_path / "part.run").glob("ckpt-*.json"))] == ["ckpt-00000003.json", "ckpt-00000006.json"]
     info = read_safetensors_metadata(part)["info"]
     assert info["test_metrics"] == read_safetensors_metadata(whole)["info"]["test_metrics"]
     assert "--resume" not in info["command"]

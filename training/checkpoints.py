@@ -101,7 +101,7 @@ def read_checkpoint(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return record, load_file(str(path.with_name(record["tensors"])))
 
 
-def load_newest_valid(path: Path, run_dir: Path, spec: str, load: Callable[[Path], dict], log) -> tuple[dict, Path]:
+def load_newest_valid(path: Path, run_dir: Path, spec: str, load: Callable[[Path], object], log) -> tuple[object, Path]:
     """Load ``path``; with ``--resume`` (auto), a damaged newest checkpoint (truncated, malformed)
     is skipped with a warning for the one before it."""
     candidates = [path]
@@ -163,20 +163,17 @@ class ResumableRun:
 
     def restore(self, load: Callable[[dict, dict[str, torch.Tensor]], None]) -> dict | None:
         """The newest readable checkpoint's record after ``load(record, tensors)`` restored the
-        state; None for a new run."""
+        state; None for a new run. Settings are compared before anything is loaded, so a changed
+        setting is named as such, not mistaken for a damaged file."""
         if self.resume_path is None:
             return None
-
-        def read(path: Path) -> dict:
-            record, tensors = read_checkpoint(path)
-            load(record, tensors)
-            return record
-
-        record, path = load_newest_valid(self.resume_path, self.run_dir, self.resume_spec, read, self.log)
+        (record, tensors), path = load_newest_valid(self.resume_path, self.run_dir, self.resume_spec,
+                                                    read_checkpoint, self.log)
         changed = {k: (record["exact"].get(k), v) for k, v in self.exact.items() if record["exact"].get(k) != v}
         if changed:
             raise TrainingError(f"cannot resume {path} exactly, these settings differ (checkpoint, now): {changed}; "
                                 f"resume with the run's settings, or start a new run (another --run-dir)")
+        load(record, tensors)
         self.log(f"resumed from {path} at step {record['step']}")
         return record
 

@@ -213,7 +213,6 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     out = Path(args.out)
     vq = tokenizer_path(args)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = Log(Path(args.log) if args.log else run_dir / "train.log")
     log(f"$ {command}")
     vqgan = load_vqgan(vq)
@@ -224,7 +223,8 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     config = MASKGIT_FMNIST_PRESETS[args.preset]
     model = MaskGIT(config)
     init_weights(model)
-    grown = read_safetensors_metadata(args.init_from).get("info", {}) if args.init_from else {}
+    # A resumed run takes it from its checkpoint: an in-place run may have replaced --init-from.
+    grown = read_safetensors_metadata(args.init_from).get("info", {}) if args.init_from and run.resume_path is None else {}
     if args.init_from and run.resume_path is None:
         log(grow_from(model, args.init_from))
     log(f"MaskGIT {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, {config.to_dict()}")

@@ -114,7 +114,6 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     run_dir = Path(args.run_dir) if args.run_dir else run_dir_for(out)
-    run_dir.mkdir(parents=True, exist_ok=True)
     log = Log(Path(args.log) if args.log else run_dir / "train.log")
     log(f"$ {command}")
     run = ResumableRun(run_dir, args.resume, {k: getattr(args, k) for k in EXACT_ARGS}, args.keep_ckpts, log)
