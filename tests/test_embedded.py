@@ -120,8 +120,9 @@ def reinitialised(migm):
 
 
 def test_shipped_shortcut_predicts_better_than_copying(migm, shortcut):
-    # Measured: shipped 0.84; re-initialised 1.00; zeroed (= copy previous) 1.00.
-    assert feature_error_ratio(migm, shortcut) < 0.93
+    # Measured: the first shipped pair 0.84; the second (since 2026-12-02) 0.90; re-initialised 1.00;
+    # zeroed (= copy previous) 1.00.
+    assert feature_error_ratio(migm, shortcut) < 0.95
     assert feature_error_ratio(migm, reinitialised(migm)) > 0.95
 
 
@@ -148,6 +149,7 @@ def test_unconditional_shortcut_beats_plain_sampling_at_equal_base_passes(migm, 
 
     Measured (500 images, this seed): shipped 16/4 about 0.8 of plain N=4's FD; re-initialised above it.
     At r_temp 4.5 (the file's setting since 2026-12-01): 179.9 vs 239.9 (0.75); re-initialised 231.8.
+    The second shipped pair (2026-12-02): 185.3 vs 216.6 (0.86); re-initialised 241.6.
     At the paper's even placement, where the first skipped steps follow step 0's all-[MASK] state and
     a shortcut that does nothing shows; at the file's early placement (the default since 2026-12-01)
     even a feature cache does well (shipped 188.9, re-initialised 183.7: see fmnist_shortcut_ablation.md).
@@ -173,17 +175,21 @@ def test_shipped_shortcut_reproduces_the_base_models_samples_better_than_a_featu
     must lie much closer to the base model's plain N=16 samples (other seeds) than a feature cache's
     at the same full steps, and a re-initialised shortcut must not.
 
-    Measured (500 images, three seeds): shipped about 20, cache about 45, plain N=16 itself 10-15.
-    At r_temp 4.5: shipped 18.2, cache 35.6, re-initialised 36.5, plain N=16 itself 10.3.
+    Each FD is taken above the floor, plain N=16 against itself at these seeds: at 500 images that
+    floor (about 11) is a large part of every figure, and what a sampler adds on top of it is what
+    the test compares. Measured on the second shipped pair (2026-12-02): shipped 26.7, cache 41.2,
+    re-initialised 37.6, floor 10.9, so above the floor 15.8 / 30.3 / 26.7 (shipped 0.52 of the
+    cache, re-initialised 0.88). The first pair had 18.2 / 35.6 / 36.5 at a floor of 10.3.
     """
     from shortcut_core import FeatureCache
     from training.fmnist.fd import extract_features, feature_stats
 
     own = generate(migm, "none", batch=UNCOND_IMAGES, seed=SEED + 10_000, steps=16).images
     base = feature_stats(extract_features((own[..., 0] * 255).round().to(torch.uint8).numpy(), classifier))
+    floor = fd_to_base_samples(migm, classifier, base, steps=16)
     full = [0, 2, 4, 8]
-    shipped = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=shortcut)
-    cache = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=FeatureCache())
-    broken = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=reinitialised(migm))
-    assert shipped < 0.7 * cache, (shipped, cache)
-    assert broken > 0.7 * cache, (broken, cache)
+    shipped = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=shortcut) - floor
+    cache = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=FeatureCache()) - floor
+    broken = fd_to_base_samples(migm, classifier, base, steps=16, full_steps=full, shortcut=reinitialised(migm)) - floor
+    assert shipped < 0.65 * cache, (shipped, cache, floor)
+    assert broken > 0.65 * cache, (broken, cache, floor)
