@@ -37,3 +37,15 @@ def test_interrupted_tokenizer_training_resumes_bit_exactly(tiny_recipe, tmp_pat
     assert info["test_metrics"] == read_safetensors_metadata(whole)["info"]["test_metrics"]
     assert "--resume" not in info["command"]
     assert "resumed from" in (tmp_path / "part.run" / "train.log").read_text()
+
+
+@pytest.mark.parametrize("preset", sorted(train_tokenizer.VQ_PRESETS))
+def test_every_preset_makes_the_tokens_the_base_model_expects(preset):
+    # A tokenizer preset may change the network, never the tokens: 7x7 codes from 256 entries, so
+    # the base model's recipe (fmnist-h96-*) fits any of them.
+    from shortcut_core.vqgan import VQGAN
+
+    model = VQGAN(train_tokenizer.VQ_PRESETS[preset]).eval()
+    with torch.no_grad():
+        _, _, ids = model(torch.zeros(2, 1, 28, 28))
+    assert ids.shape[-2:] == (7, 7) and model.config.n_embed == 256
