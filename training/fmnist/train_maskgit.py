@@ -223,9 +223,10 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
     config = MASKGIT_FMNIST_PRESETS[args.preset]
     model = MaskGIT(config)
     init_weights(model)
-    # A resumed run takes it from its checkpoint: an in-place run may have replaced --init-from.
-    grown = read_safetensors_metadata(args.init_from).get("info", {}) if args.init_from and run.resume_path is None else {}
+    # A resumed run takes --init-from's recipe from its checkpoint: an in-place run may have replaced the file.
+    grown = {}
     if args.init_from and run.resume_path is None:
+        grown = read_safetensors_metadata(args.init_from).get("info", {})
         log(grow_from(model, args.init_from))
     log(f"MaskGIT {args.preset}: {sum(p.numel() for p in model.parameters()) / 1e6:.3f} M parameters, {config.to_dict()}")
 

@@ -16,6 +16,7 @@ Bundled into the MIGM file by ``training.fmnist.train_maskgit``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import shlex
 import sys
@@ -40,13 +41,10 @@ VQ_PRESETS = {
         embed_dim=32, n_embed=256, z_channels=64, resolution=28, in_channels=1, out_ch=1, ch=16,
         ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
     ),
-    # The same tokens (7x7 from 256 codes, so a base model's shape is unchanged) from twice the
-    # width: an experiment on whether the tokenizer, not the sampler, sets the FD floor.
-    "fmnist-f4-256-w32": VQGANConfig(
-        embed_dim=32, n_embed=256, z_channels=64, resolution=28, in_channels=1, out_ch=1, ch=32,
-        ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-    ),
 }
+# The same tokens (7x7 from 256 codes, so a base model's shape is unchanged) from twice the
+# width: an experiment on whether the tokenizer, not the sampler, sets the FD floor.
+VQ_PRESETS["fmnist-f4-256-w32"] = dataclasses.replace(VQ_PRESETS["fmnist-f4-256"], ch=32)
 
 
 class Log:
