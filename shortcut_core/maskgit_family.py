@@ -20,6 +20,24 @@ from .schedules import check_reveal_mode, reveal_counts
 from .shortcut import MaskGITShortcut, ShortcutConfig, infer_shortcut_config
 
 
+# A CPU runs a wide batch fastest in blocks of rows whose feed-forward activations stay about
+# this size: beyond it every layer streams fresh buffers through memory and page faults, and a
+# guided pass of 500 Fashion-MNIST images ran at half speed (docs/results/bench_row_blocks.md).
+CPU_BLOCK_BYTES = 16 << 20
+CPU_MIN_BLOCK_ROWS = 64  # never smaller: below this the matrix products lose their own efficiency
+
+
+def cpu_row_blocks(rows: int, config, device: torch.device, dtype: torch.dtype, budget: int | None) -> int:
+    """How many equal blocks of rows one base pass runs in: 1 off the CPU (one launch per layer is
+    what a GPU wants), without a ``budget`` (bytes) and for batches that fit it. Rows never see
+    each other in a MaskGIT pass, so the features are the blocks' features stacked."""
+    if device.type != "cpu" or budget is None:
+        return 1
+    row_bytes = config.seq_len * config.mlp_dim * torch.empty((), dtype=dtype).element_size()
+    block = max(CPU_MIN_BLOCK_ROWS, budget // row_bytes)
+    return max(1, -(-rows // block))
+
+
 @dataclass
 class MaskGITState:
     classes: torch.Tensor  # (B,) requested class indices
@@ -93,6 +111,7 @@ class MaskGITMIGM:
         self.fingerprint = fingerprint
         self.info = dict(info or {})
         self.first_step = FirstStepMemo(self._first_step_feature)
+        self.cpu_block_bytes: int | None = CPU_BLOCK_BYTES  # None: every base pass in one block
 
     # -- housekeeping -------------------------------------------------------------
     @property
@@ -178,7 +197,10 @@ class MaskGITMIGM:
         if state.guided:
             tokens = torch.cat([tokens, tokens])
             classes = torch.cat([classes, torch.full_like(classes, self.config.null_class)])
-        return self.model.features(tokens, classes)
+        blocks = cpu_row_blocks(tokens.shape[0], self.config, self.device, self.dtype, self.cpu_block_bytes)
+        if blocks == 1:
+            return self.model.features(tokens, classes)
+        return torch.cat([self.model.features(t, k) for t, k in zip(tokens.chunk(blocks), classes.chunk(blocks))])
 
     def shortcut_features(self, shortcut: MaskGITShortcut, feats: torch.Tensor, state: MaskGITState) -> torch.Tensor:
         rows = feats.shape[0]
@@ -208,7 +230,8 @@ class MaskGITMIGM:
             if state.guide_rows is not None:
                 w = w * state.guide_rows  # unconditional rows: cond == uncond, keep them exactly unguided
             picked = (1 + w) * cond - w * uncond
-        probs = torch.softmax(self.model.head(picked, positions) * state.sm_temp, dim=-1)  # (B, m, K)
+        logits = self.model.head(picked, positions)
+        probs = torch.softmax(logits if state.sm_temp == 1 else logits * state.sm_temp, dim=-1)  # (B, m, K)
         sampled = categorical(probs, generator)
         conf = probs.gather(-1, sampled[..., None])[..., 0].log()
         if state.randomize == "linear" and state.r_temp:

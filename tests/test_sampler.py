@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from shortcut_core import FeatureCache, generate
+from shortcut_core import FeatureCache, MaskGITConfig, generate
+from shortcut_core.maskgit_family import CPU_BLOCK_BYTES, cpu_row_blocks
 from shortcut_core.sampler import categorical
 from tests.tiny import tiny_migm, tiny_shortcut
 
@@ -208,3 +209,32 @@ def test_feature_cache_samples_skipped_steps_from_the_last_full_steps_feature(mi
     assert not torch.equal(plain.tokens, res.tokens)
     with pytest.raises(ValueError, match="a feature cache has none"):
         generate(migm, [0, 1, 2], steps=8, full_steps=3, shortcut=FeatureCache(), placement="calibrated")
+
+
+def test_cpu_row_blocks_split_wide_batches_only_on_a_cpu():
+    fmnist = MaskGITConfig(hidden=96, depth=16, heads=4, mlp_dim=384, grid=7, codebook_size=256, num_classes=10)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    # 50 tokens x 384 hidden x 4 bytes = 76.8 kB a row: 218 rows fit the budget
+    assert [cpu_row_blocks(r, fmnist, cpu, torch.float32, CPU_BLOCK_BYTES) for r in (1, 218, 219, 1000)] == [1, 1, 2, 5]
+    assert cpu_row_blocks(1000, fmnist, cpu, torch.bfloat16, CPU_BLOCK_BYTES) == 3  # half the bytes a row
+    assert cpu_row_blocks(1000, fmnist, cuda, torch.float32, CPU_BLOCK_BYTES) == 1
+    assert cpu_row_blocks(1000, fmnist, cpu, torch.float32, None) == 1
+    assert cpu_row_blocks(1000, fmnist, cpu, torch.float32, 1) == 16  # never below 64 rows a block
+
+
+def test_row_blocks_sample_what_one_pass_samples(monkeypatch):
+    migm, classes = tiny_migm(), [i % 3 for i in range(150)]  # guided: 300 rows a base pass
+    shortcut = tiny_shortcut(migm)
+    migm.cpu_block_bytes = None
+    one = generate(migm, classes, steps=6, full_steps=3, shortcut=shortcut, seed=4, decode=False)
+    rows, features = [], migm.model.features
+
+    def spy(tokens, cls):
+        rows.append(tokens.shape[0])
+        return features(tokens, cls)
+
+    monkeypatch.setattr(migm.model, "features", spy)
+    migm.cpu_block_bytes = 1
+    blocked = generate(migm, classes, steps=6, full_steps=3, shortcut=shortcut, seed=4, decode=False)
+    assert rows and set(rows) == {60}  # 5 blocks of 60 rows at every full step not served from memory
+    assert torch.equal(one.tokens, blocked.tokens)
