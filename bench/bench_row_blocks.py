@@ -19,15 +19,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.step_timer import write_json  # noqa: E402
+from bench.step_timer import add_embedded_model_arguments, load_model_arguments, write_json  # noqa: E402
 
 VARIANTS = {"one pass": None, "row blocks": "default"}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--migm", default="models/migm/fmnist_maskgit.safetensors")
-    p.add_argument("--shortcut", default="models/migm_shortcut/fmnist_shortcut.safetensors")
+    add_embedded_model_arguments(p)
     p.add_argument("--batches", default="500,250", help="comma list of images per call")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--full-steps", type=int, default=4, help="B of the shortcut rows")
@@ -38,12 +37,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from shortcut_core import generate, load_migm, load_shortcut
+    from shortcut_core import generate
     from shortcut_core.maskgit_family import CPU_BLOCK_BYTES, cpu_row_blocks
 
-    torch.set_num_threads(args.threads)
-    migm = load_migm(args.migm)
-    shortcut = load_shortcut(args.shortcut, migm)
+    migm, shortcut = load_model_arguments(args)
     if migm.family != "maskgit" or migm.device.type != "cpu":
         p.error("row blocks are a MaskGIT model's, on a CPU")
     settings = [(None, "plain"), (args.full_steps, f"shortcut {args.steps}/{args.full_steps}")]

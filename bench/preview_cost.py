@@ -22,12 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
 from PIL import Image, ImageOps  # noqa: E402
 
 from nodes.previews import PreviewPacer, preview_image  # noqa: E402
-from shortcut_core import generate, load_migm, load_shortcut  # noqa: E402
-from bench.step_timer import write_json  # noqa: E402
+from shortcut_core import generate  # noqa: E402
+from bench.step_timer import add_embedded_model_arguments, load_model_arguments, write_json  # noqa: E402
 
 
 def jpeg(picture, side: int) -> bytes:
@@ -56,8 +55,7 @@ def run(migm, shortcut, classes, steps, full, mode: str, side: int) -> tuple[flo
 
 def main(argv=None) -> list[dict]:
     p = argparse.ArgumentParser(prog="bench/preview_cost.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--migm", default=str(ROOT / "models/migm/fmnist_maskgit.safetensors"))
-    p.add_argument("--shortcut", default=str(ROOT / "models/migm_shortcut/fmnist_shortcut.safetensors"))
+    add_embedded_model_arguments(p)
     p.add_argument("--batch", type=int, default=1, help="images per class (the example workflow: 1, all 10 classes)")
     p.add_argument("--steps", type=int, default=16)
     p.add_argument("--full-steps", type=int, default=4)
@@ -66,9 +64,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="also write the figures as JSON here")
     args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    migm = load_migm(args.migm)
-    shortcut = load_shortcut(args.shortcut, migm)
+    migm, shortcut = load_model_arguments(args)
     classes = [c for c in range(migm.config.num_classes) for _ in range(args.batch)]
     results = []
     for name, full in ((f"plain N={args.steps}", None), (f"shortcut N={args.steps} B={args.full_steps}", args.full_steps)):

@@ -4,8 +4,26 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_embedded_model_arguments(parser) -> None:
+    """``--migm`` and ``--shortcut``, defaulting to the embedded Fashion-MNIST pair."""
+    parser.add_argument("--migm", default=str(ROOT / "models/migm/fmnist_maskgit.safetensors"))
+    parser.add_argument("--shortcut", default=str(ROOT / "models/migm_shortcut/fmnist_shortcut.safetensors"))
+
+
+def load_model_arguments(args):
+    """(migm, shortcut) from ``--migm``/``--shortcut``, after setting ``--threads``."""
+    from shortcut_core import load_migm, load_shortcut
+
+    torch.set_num_threads(args.threads)
+    migm = load_migm(args.migm)
+    return migm, load_shortcut(args.shortcut, migm)
 
 
 class StepTimer:
