@@ -21,9 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.step_timer import add_embedded_model_arguments, load_model_arguments, write_json  # noqa: E402
 
-VARIANTS = {"one pass": None, "row blocks": "default"}
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_embedded_model_arguments(p)
@@ -41,6 +38,7 @@ def main(argv=None) -> int:
     from shortcut_core.maskgit_family import CPU_BLOCK_BYTES, cpu_row_blocks
 
     migm, shortcut = load_model_arguments(args)
+    variants = {"one pass": None, "row blocks": CPU_BLOCK_BYTES}  # migm.cpu_block_bytes of each
     if migm.family != "maskgit" or migm.device.type != "cpu":
         p.error("row blocks are a MaskGIT model's, on a CPU")
     settings = [(None, "plain"), (args.full_steps, f"shortcut {args.steps}/{args.full_steps}")]
@@ -52,10 +50,10 @@ def main(argv=None) -> int:
             blocks = cpu_row_blocks(rows, migm.config, migm.device, migm.dtype, CPU_BLOCK_BYTES)
             for full, label in settings:
                 call = dict(steps=args.steps, full_steps=full, shortcut=shortcut if full else None, decode=False)
-                times, tokens = {v: [] for v in VARIANTS}, {}
+                times, tokens = {v: [] for v in variants}, {}
                 for rep in range(args.repeats + 1):  # round 0 warms up (step 0's memo, allocator)
-                    for variant, budget in VARIANTS.items():
-                        migm.cpu_block_bytes = CPU_BLOCK_BYTES if budget else None
+                    for variant, budget in variants.items():
+                        migm.cpu_block_bytes = budget
                         res = generate(migm, classes, seed=rep, **call)
                         if rep:
                             times[variant].append(res.stats.seconds_per_image * 1e3)
@@ -69,7 +67,6 @@ def main(argv=None) -> int:
                 print(f"batch {batch:>4} {regime:<6} ({rows} rows, {blocks} blocks) {label:<14} one pass "
                       f"{row['one pass ms/image']:7.2f} ms/image, row blocks {row['row blocks ms/image']:7.2f} "
                       f"ms/image: {row['speed-up']:.2f}x, same tokens: {same}", flush=True)
-    migm.cpu_block_bytes = CPU_BLOCK_BYTES
     if args.json:
         write_json(args.json, args, results)
     return 0 if all(r["same_tokens"] for r in results) else 1

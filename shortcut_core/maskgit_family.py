@@ -33,7 +33,7 @@ def cpu_row_blocks(rows: int, config, device: torch.device, dtype: torch.dtype, 
     each other in a MaskGIT pass, so the features are the blocks' features stacked."""
     if device.type != "cpu" or budget is None:
         return 1
-    row_bytes = config.seq_len * config.mlp_dim * torch.empty((), dtype=dtype).element_size()
+    row_bytes = config.seq_len * config.mlp_dim * dtype.itemsize
     block = max(CPU_MIN_BLOCK_ROWS, budget // row_bytes)
     return max(1, -(-rows // block))
 
