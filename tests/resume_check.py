@@ -26,3 +26,16 @@ def assert_resumes_bit_exactly(run, folder: Path, stop_at: int, changed: tuple[s
     for key in a:
         assert torch.equal(a[key], b[key]), key
     return whole, part
+
+
+def resume_with_other_threads(run, folder: Path, stop_at: int) -> tuple[dict, str]:
+    """A run stopped before unit ``stop_at`` on 1 CPU thread and resumed on 2: (its file's info, its log)."""
+    from shortcut_core.checkpoints import read_safetensors_metadata
+
+    out = folder / "threads.safetensors"
+    try:
+        run(out, "--threads", "1", should_stop=lambda unit: unit == stop_at)
+        run(out, "--resume", "--threads", "2")
+    finally:
+        torch.set_num_threads(1)  # the trainers set the process's count; tests run on 1 (conftest)
+    return read_safetensors_metadata(out)["info"], (folder / "threads.run" / "train.log").read_text()

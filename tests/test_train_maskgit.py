@@ -46,8 +46,8 @@ from pathlib import Path  # noqa: E402
 
 from safetensors.torch import load_file  # noqa: E402
 
-from shortcut_core.checkpoints import read_safetensors_metadata  # noqa: E402
-from tests.resume_check import assert_resumes_bit_exactly  # noqa: E402
+from shortcut_core.checkpoints import read_safetensors_metadata, rewrite_info  # noqa: E402
+from tests.resume_check import assert_resumes_bit_exactly, resume_with_other_threads  # noqa: E402
 from training.fmnist import train_maskgit  # noqa: E402
 
 
@@ -84,8 +84,22 @@ def test_interrupted_base_training_resumes_bit_exactly(tiny_recipe, tmp_path):
     assert info_a["metrics"]["test_masked_ce_history"] == info_b["metrics"]["test_masked_ce_history"]
     assert [h["step"] for h in info_b["metrics"]["test_masked_ce_history"]] == [4]
     assert info_b["commands"]["maskgit"].startswith("cmd --preset tiny-deep") and "--resume" not in info_b["commands"]["maskgit"]
+    assert "threads_by_step" not in info_b
     log = (run_dir / "train.log").read_text()
     assert "resumed from" in log and "grown from" in log
+
+
+def test_a_resumption_on_other_threads_is_recorded_under_its_stage(tiny_recipe, shallow, tmp_path):
+    # the model grown from carries its tokenizer's record: both stages are kept, keyed like the commands
+    _, path = shallow
+    source = tmp_path / "source.safetensors"
+    earlier = [{"step": 0, "threads": 1}, {"step": 250, "threads": 2}]
+    rewrite_info(path, source, "migm", lambda info: {**info, "threads_by_step": {"tokenizer": earlier}})
+    info, log = resume_with_other_threads(lambda out, *a, **kw: tiny_recipe(out, "--init-from", str(source), *a, **kw),
+                                          tmp_path, 8)
+    stage = next(k for k, v in info["commands"].items() if v.startswith("cmd --preset tiny-deep"))
+    assert info["threads_by_step"] == {"tokenizer": earlier, stage: [{"step": 0, "threads": 1}, {"step": 6, "threads": 2}]}
+    assert "not bit-exact" in log
 
 
 def test_a_changed_architecture_is_named_not_taken_for_damage(tiny_recipe, tmp_path):

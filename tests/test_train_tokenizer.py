@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from shortcut_core.checkpoints import read_safetensors_metadata
-from tests.resume_check import assert_resumes_bit_exactly
+from tests.resume_check import assert_resumes_bit_exactly, resume_with_other_threads
 from tests.tiny import TINY_VQGAN
 from training.fmnist import train_tokenizer
 
@@ -35,8 +35,15 @@ def test_interrupted_tokenizer_training_resumes_bit_exactly(tiny_recipe, tmp_pat
     assert [p.name for p in sorted((tmp_path / "part.run").glob("ckpt-*.json"))] == ["ckpt-00000003.json", "ckpt-00000006.json"]
     info = read_safetensors_metadata(part)["info"]
     assert info["test_metrics"] == read_safetensors_metadata(whole)["info"]["test_metrics"]
-    assert "--resume" not in info["command"]
+    assert "--resume" not in info["command"] and "threads_by_step" not in info
     assert "resumed from" in (tmp_path / "part.run" / "train.log").read_text()
+
+
+def test_a_resumption_on_other_threads_is_recorded_as_not_bit_exact(tiny_recipe, tmp_path):
+    info, log = resume_with_other_threads(tiny_recipe, tmp_path, 5)
+    assert info["threads_by_step"] == [{"step": 0, "threads": 1}, {"step": 3, "threads": 2}]
+    assert "--threads 1" in info["command"] and "--resume" not in info["command"]
+    assert "used 1 CPU threads, this one 2" in log and "from step 3 on the result is not bit-exact" in log
 
 
 @pytest.mark.parametrize("preset", sorted(train_tokenizer.VQ_PRESETS))

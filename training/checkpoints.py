@@ -139,7 +139,8 @@ def resolve_resume(spec: str | None, run_dir: Path) -> Path | None:
 def add_resume_arguments(p, ckpt_every: int | None = 250) -> None:
     """``--resume`` (and, with ``ckpt_every``, ``--ckpt-every``/``--keep-ckpts``) of a trainer using ``ResumableRun``."""
     p.add_argument("--resume", nargs="?", const="auto", help="continue bit-exactly from the newest checkpoint in the "
-                   "run folder (or the one given); the run's settings must be the same")
+                   "run folder (or the one given); the run's settings must be the same, and on a CPU its --threads "
+                   "too for bit-exactness (another count is allowed and recorded in the output file)")
     if ckpt_every is not None:
         p.add_argument("--ckpt-every", type=int, default=ckpt_every, help="steps between checkpoints (0: none)")
         p.add_argument("--keep-ckpts", type=int, default=2, help="newest checkpoints kept (0: all)")
@@ -157,6 +158,9 @@ class ResumableRun:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.resume_spec = resume
         self.resume_path = resolve_resume(resume, self.run_dir)
+        # torch's CPU kernels split their reductions by thread count, so a run continued with
+        # other threads is no longer bit-exact with an uninterrupted one: the file says so.
+        self.threads_by_step = [{"step": 0, "threads": torch.get_num_threads()}]
         if self.resume_path is None and checkpoint_paths(self.run_dir):
             raise TrainingError(f"{self.run_dir} already holds checkpoints of a run; pass --resume to continue it, "
                                 f"or choose another --out / --run-dir")
@@ -175,9 +179,23 @@ class ResumableRun:
                                 f"resume with the run's settings, or start a new run (another --run-dir)")
         load(record, tensors)
         self.log(f"resumed from {path} at step {record['step']}")
+        now = torch.get_num_threads()
+        self.threads_by_step = record.get("threads_by_step") or [{"step": 0, "threads": None}]
+        before = self.threads_by_step[-1]["threads"]
+        if before != now:
+            self.threads_by_step.append({"step": record["step"], "threads": now})
+            self.log(f"warning: the run used {before or 'an unrecorded number of'} CPU threads, this one {now}; "
+                     f"CPU reductions run in another order, so from step {record['step']} on the result is not "
+                     f"bit-exact with an uninterrupted run (the output file records the change)")
         return record
 
+    def provenance(self) -> dict:
+        """What the output file's info must add to the run's command: the thread counts by step,
+        when a resumption changed them."""
+        return {"threads_by_step": self.threads_by_step} if len(self.threads_by_step) > 1 else {}
+
     def save(self, step: int, tensors: dict[str, torch.Tensor], record: dict) -> Path:
-        path = write_checkpoint(self.run_dir, step, tensors, {"exact": self.exact, **record}, self.keep)
+        path = write_checkpoint(self.run_dir, step, tensors,
+                                {"exact": self.exact, "threads_by_step": self.threads_by_step, **record}, self.keep)
         self.log(f"checkpoint {path}")
         return path

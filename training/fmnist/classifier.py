@@ -257,6 +257,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
         "seed": str(args.seed),
         "test_accuracy": f"{test_acc:.4f}",
         "command": command,
+        **{k: json.dumps(v) for k, v in run.provenance().items()},
         "preset": args.preset,
         "hyperparameters": json.dumps(
             {

@@ -306,10 +306,19 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
         "metrics": metrics, "sampling_defaults": grown.get("sampling_defaults", SAMPLING_DEFAULTS),
         "commands": {"tokenizer": vq_info.get("command", "python -m training.fmnist.train_tokenizer"), "maskgit": command},
     }
+    # Stages resumed with another thread count, keyed like the commands (see ResumableRun).
+    threads = {"tokenizer": vq_info["threads_by_step"]} if isinstance(vq_info.get("threads_by_step"), list) else {}
+    stage = "maskgit"
     if args.init_from:  # the whole recipe: how the model this one grew from was made
         commands = dict(grown.get("commands", {}))
-        info["commands"] = {**commands, stage_key(sum(k.startswith("maskgit") for k in commands)): command}
+        stage = stage_key(sum(k.startswith("maskgit") for k in commands))
+        info["commands"] = {**commands, stage: command}
         info["init_from_info"] = {k: grown.get(k) for k in ("preset", "steps", "train_seconds", "metrics")}
+        threads = dict(grown.get("threads_by_step", {}))
+    if "threads_by_step" in run.provenance():
+        threads[stage] = run.provenance()["threads_by_step"]
+    if threads:
+        info["threads_by_step"] = threads
     save_migm(migm, out, info=info)
     log(f"saved {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return out

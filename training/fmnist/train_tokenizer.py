@@ -189,6 +189,7 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
         "name": "fmnist_vq", "data": "Fashion-MNIST train split (60000 images), evaluated on the test split",
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "train_seconds": round(train_seconds), "test_metrics": metrics, "command": command,
+        **run.provenance(),
     }
     save_vqgan(model.eval(), out, info=info)
     log(f"saved {out}")
