@@ -64,7 +64,9 @@ def base(tmp_path_factory):
     return path
 
 
-RECORD = ("--count", "16", "--steps", "4", "--batch", "4", "--shard-size", "4", "--no-progress")
+# One thread in the subprocess as in this process (conftest): recorded features are compared
+# bit for bit, and CPU reductions follow the thread count.
+RECORD = ("--count", "16", "--steps", "4", "--batch", "4", "--shard-size", "4", "--no-progress", "--threads", "1")
 
 
 def test_recording_stopped_by_a_full_disk_keeps_its_shards_and_resumes_to_the_same_data(base, tmp_path):

@@ -315,8 +315,9 @@ def train(args: argparse.Namespace, command: str, should_stop=None) -> Path:
         info["commands"] = {**commands, stage: command}
         info["init_from_info"] = {k: grown.get(k) for k in ("preset", "steps", "train_seconds", "metrics")}
         threads = dict(grown.get("threads_by_step", {}))
-    if "threads_by_step" in run.provenance():
-        threads[stage] = run.provenance()["threads_by_step"]
+    own = run.provenance().get("threads_by_step")
+    if own:
+        threads[stage] = own
     if threads:
         info["threads_by_step"] = threads
     save_migm(migm, out, info=info)
