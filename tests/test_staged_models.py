@@ -18,7 +18,8 @@ from tests.test_embedded import CONSISTENCY_THRESHOLD, consistency
 from training.fmnist.train_maskgit import recipe_commands
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGED_BASE = ROOT / "models/staging/fmnist_v3/fmnist_maskgit_d8.safetensors"
+STAGED_BASE = ROOT / "models/staging/fmnist_v3/fmnist_maskgit_d16a.safetensors"
+STAGED_DEPTH = 16
 # The shipped tokenizer reaches 23.0 dB; the point of this stage is the better one (24.4 dB).
 MIN_TOKENIZER_PSNR = 24.0
 
@@ -40,6 +41,9 @@ def test_staged_base_records_its_recipe(staged):
     commands = recipe_commands(staged.info["commands"])
     assert commands[0].startswith("python -m training.fmnist.train_tokenizer --steps 12000")
     assert commands[1].startswith("python -m training.fmnist.train_maskgit") and "--vq" in commands[1]
+    for grown in commands[2:]:  # each later stage continues the one before it
+        assert grown.startswith("python -m training.fmnist.train_maskgit") and "--init-from" in grown
+    assert staged.config.depth == STAGED_DEPTH
     assert staged.info["metrics"]["tokenizer"]["psnr_db"] >= MIN_TOKENIZER_PSNR
 
 

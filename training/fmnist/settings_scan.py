@@ -2,9 +2,9 @@
 
 A model file's recommended settings decide what every caller samples with by default, so they
 are chosen for the best plain sampling at the default N, never for how a shortcut compares:
-this scans cfg x r_temp class-conditionally and r_temp unconditionally (guidance does nothing
-there), at a few step counts, with FD-FMNIST on two halves of the images so the noise is
-visible, and the class consistency. Resumable: every finished row is appended to ``--out``
+this scans cfg x r_temp (x sm_temp, the token temperature) class-conditionally and r_temp
+(x sm_temp) unconditionally (guidance does nothing there), at a few step counts, with
+FD-FMNIST on two halves of the images so the noise is visible, and the class consistency. Resumable: every finished row is appended to ``--out``
 (JSON lines) and skipped on the next run; the markdown table goes next to it.
 
     python -m training.fmnist.settings_scan --dtype bf16 --images 2000 --seed 500 \\
@@ -36,15 +36,21 @@ def floats(text: str) -> list[float]:
 def grid(args) -> list[dict]:
     rows = [{"regime": "uncond", "cfg": None, "r_temp": r} for r in args.r_temps]
     rows += [{"regime": "cond", "cfg": c, "r_temp": r} for r in args.r_temps for c in args.cfgs]
-    return [{**row, "steps": n} for row in rows for n in args.steps]
+    return [{**row, "sm_temp": t, "steps": n} for row in rows for t in args.sm_temps for n in args.steps]
+
+
+def sm_temp_of(row: dict) -> float:
+    return row.get("sm_temp", 1.0)  # rows written before the scan had the option sampled at 1
 
 
 def row_key(row: dict) -> str:
-    return f"{row['regime']}|cfg={row['cfg']}|r_temp={row['r_temp']}|N={row['steps']}"
+    # sm_temp 1 keeps the key rows had before the option existed, so they are not measured again
+    sm = "" if sm_temp_of(row) == 1.0 else f"|sm_temp={sm_temp_of(row)}"
+    return f"{row['regime']}|cfg={row['cfg']}|r_temp={row['r_temp']}{sm}|N={row['steps']}"
 
 
 def measure(migm, row: dict, args, classifier, ref) -> dict:
-    options = {"r_temp": row["r_temp"]} | ({} if row["cfg"] is None else {"cfg": row["cfg"]})
+    options = {"r_temp": row["r_temp"], "sm_temp": row["sm_temp"]} | ({} if row["cfg"] is None else {"cfg": row["cfg"]})
     images, seconds = sample_chunks(migm, None, row["regime"], row["steps"], None, args.images, args.batch,
                                     seed=args.seed, **options)
     half = len(images) // 2 // args.batch * args.batch or len(images) // 2  # whole chunks: balanced classes
@@ -70,17 +76,18 @@ def markdown(rows: list[dict], current: dict) -> str:
             steps = sorted({r["steps"] for r in mine})
             extra = " / class consistency" if regime == "cond" else ""
             out += [f"### {regime}: {images} images, seeds {seed}-{seed + -(-images // batch) - 1} (chunks of {batch}), {dtype}",
-                    "", "| cfg | r_temp | " + " | ".join(f"FD N={n} (halves){extra}" for n in steps) + " |",
-                    "|---|---|" + "---|" * len(steps)]
-            for cfg, r_temp in sorted({(r["cfg"], r["r_temp"]) for r in mine}, key=lambda t: (t[1], t[0] or 0)):
+                    "", "| cfg | r_temp | sm_temp | " + " | ".join(f"FD N={n} (halves){extra}" for n in steps) + " |",
+                    "|---|---|---|" + "---|" * len(steps)]
+            settings = {(r["cfg"], r["r_temp"], sm_temp_of(r)) for r in mine}
+            for cfg, r_temp, sm_temp in sorted(settings, key=lambda t: (t[2], t[1], t[0] or 0)):
                 cells = []
                 for n in steps:
-                    hit = [r for r in mine if r["cfg"] == cfg and r["r_temp"] == r_temp and r["steps"] == n]
+                    hit = [r for r in mine if (r["cfg"], r["r_temp"], sm_temp_of(r), r["steps"]) == (cfg, r_temp, sm_temp, n)]
                     r = hit[-1] if hit else None
                     cells.append("" if r is None else
                                  f"{r['fd']:.1f} ({r['fd_halves'][0]:.1f} / {r['fd_halves'][1]:.1f})"
                                  + (f" / {r['class_consistency'] * 100:.1f} %" if r["class_consistency"] is not None else ""))
-                out.append(f"| {'-' if cfg is None else cfg} | {r_temp} | " + " | ".join(cells) + " |")
+                out.append(f"| {'-' if cfg is None else cfg} | {r_temp} | {sm_temp} | " + " | ".join(cells) + " |")
             out.append("")
     return "\n".join(out)
 
@@ -90,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--migm", default=str(DEFAULT_MIGM))
     p.add_argument("--cfgs", type=floats, default=floats("0,0.5,1,1.5,2,3"), help="class-conditional guidance scales")
     p.add_argument("--r-temps", type=floats, default=floats("3,4.5,6"), help="reveal (choice) temperatures")
+    p.add_argument("--sm-temps", type=floats, default=[1.0],
+                   help="token temperatures; they multiply the logits (the reference's convention: < 1 flattens)")
     p.add_argument("--steps", type=lambda t: [int(v) for v in t.split(",")], default=[4, 16], help="step counts N")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch", type=int, default=500)
