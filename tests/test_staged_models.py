@@ -1,6 +1,6 @@
 """Models committed stage by stage for the next embedded pair (``models/staging/``).
 
-A stage is committed because ``runs/`` does not outlive a work session: the next one grows it
+A stage is committed because ``runs/`` need not outlive a work session: the next one grows it
 instead of training it again. So a staged file must be what its metadata says: it loads, its
 tokenizer reconstructs the test split as well as recorded, and it samples the requested classes
 far better than random weights (the same threshold ``test_embedded.py`` shows can fail).

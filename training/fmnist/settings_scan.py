@@ -4,8 +4,9 @@ A model file's recommended settings decide what every caller samples with by def
 are chosen for the best plain sampling at the default N, never for how a shortcut compares:
 this scans cfg x r_temp (x sm_temp, the token temperature) class-conditionally and r_temp
 (x sm_temp) unconditionally (guidance does nothing there), at a few step counts, with
-FD-FMNIST on two halves of the images so the noise is visible, and the class consistency. Resumable: every finished row is appended to ``--out``
-(JSON lines) and skipped on the next run; the markdown table goes next to it.
+FD-FMNIST on two halves of the images so the noise is visible, and the class consistency.
+Resumable: every finished row is appended to ``--out`` (JSON lines) and skipped on the next
+run; the markdown table goes next to it.
 
     python -m training.fmnist.settings_scan --dtype bf16 --images 2000 --seed 500 \\
         --out docs/results/fmnist_settings_scan/scan.jsonl
