@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from shortcut_core import load_migm
+from shortcut_core import load_migm, load_shortcut
 from shortcut_core.checkpoints import read_safetensors_metadata
-from tests.test_embedded import CONSISTENCY_THRESHOLD, consistency
+from tests.test_embedded import CONSISTENCY_THRESHOLD, consistency, feature_error_ratio
 from training.fmnist.train_maskgit import recipe_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGED_BASE = ROOT / "models/staging/fmnist_v3/fmnist_maskgit_d16a.safetensors"
 STAGED_DEPTH = 16
+# Trained for STAGED_BASE (its r_temp 9 copy: same weights, same fingerprint), fifteenth session.
+STAGED_SHORTCUT = ROOT / "models/staging/fmnist_v3/fmnist_shortcut_d16a.safetensors"
 # The shipped tokenizer reaches 23.0 dB; the point of this stage is the better one (24.4 dB).
 MIN_TOKENIZER_PSNR = 24.0
 
@@ -62,3 +64,10 @@ def test_staged_tokenizer_reconstructs_the_test_split_as_recorded(staged):
 @pytest.mark.slow
 def test_staged_base_samples_the_requested_classes(staged, classifier):
     assert consistency(staged, classifier) >= CONSISTENCY_THRESHOLD
+
+
+def test_staged_shortcut_belongs_to_the_staged_base_and_tracks_it(staged):
+    shortcut = load_shortcut(STAGED_SHORTCUT, staged)  # raises on another base's fingerprint
+    assert shortcut.info["placements"]["table"]["16"]["4"] == [0, 2, 4, 7]
+    # Measured 0.887 (fifteenth session); a re-initialised shortcut scores 1.00 (test_embedded.py).
+    assert feature_error_ratio(staged, shortcut) < 0.95
