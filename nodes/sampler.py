@@ -80,8 +80,9 @@ class ShortcutSampler(io.ComfyNode):
                                tooltip="Lumina-DiMOO sampling temperature; 0 picks the most likely token."),
                 io.Combo.Input("placement", options=list(PLACEMENTS), default=AUTO,
                                tooltip="Where the B full steps go. auto: the shortcut file's calibrated "
-                                       "placement when it has one for this N and B (a file may hold its own for "
-                                       "class-conditional and for unconditional sampling), else the paper's (the "
+                                       "placement when it has one for this N and B, made at these sampling settings (a "
+                                       "file may hold its own for class-conditional and for unconditional "
+                                       "sampling), else the paper's (the "
                                        "published checkpoints carry none). paper: evenly (step 0, then "
                                        "round(N*k/B)). calibrated: the file's placement (training.calibrate or "
                                        "the adaptive rule); an (N, B) the file does not cover falls back to the "

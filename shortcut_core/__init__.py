@@ -32,7 +32,8 @@ def generate(migm, classes=None, *, steps: int, full_steps=None, shortcut=None, 
     With ``shortcut=None`` (or B = N) this is plain sampling. Options left out (``cfg``,
     temperatures, schedule) take the model's recommended values (``migm.sampling_defaults``).
     ``placement``: where B full steps go; "auto" (default) uses the shortcut file's calibrated
-    placement for (N, B) when it has one and the paper's otherwise; "paper"; "calibrated".
+    placement for (N, B) when it has one made at this run's sampling settings and the paper's
+    otherwise; "paper"; "calibrated".
     """
     conditions = prompts if prompts is not None else classes
     if conditions is None:

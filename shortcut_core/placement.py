@@ -19,6 +19,12 @@ placement, saying so in the report, for an (N, B) the file does not cover. The d
 the file's placement is part of what the shortcut recommends, as the base model's file
 recommends its sampling settings, and a published checkpoint, which carries none, samples as
 the reference. A batch that mixes both regimes gets the shared table's placement.
+
+A placement holds for the sampling settings it was calibrated at: on the Fashion-MNIST v3 pair
+the one chosen at r_temp 9 was 10-14 FD worse than the paper's at r_temp 4.5
+(``docs/results/fmnist_v3.md``). So the writers record them (``sampled_with``), and "auto"
+takes the paper's placement, saying why, for a run whose settings differ; "calibrated" still
+uses the file's and says it was made for other settings.
 """
 from __future__ import annotations
 
@@ -31,6 +37,21 @@ PLACEMENTS = (AUTO, PAPER, CALIBRATED)
 COND, UNCOND = "cond", "uncond"
 REGIMES = (COND, UNCOND)
 REGIME_WORDS = {COND: "conditional sampling", UNCOND: "unconditional sampling"}
+# Guidance is left out: one table serves both regimes, and unconditional runs ignore it.
+SETTINGS_COMPARED = ("sm_temp", "r_temp", "schedule", "randomize")
+
+
+def sampled_with(settings: dict) -> dict:
+    """The part of a run's sampling settings that a calibrated placement is valid for."""
+    return {k: settings[k] for k in SETTINGS_COMPARED if k in settings}
+
+
+def settings_differ(made_at: dict | None, run: dict | None) -> list[str]:
+    """Each compared setting in which ``run`` differs from the settings a placement was made at."""
+    if not made_at or not run:
+        return []
+    return [f"{k} {made_at[k]} (this run: {run[k]})" for k in SETTINGS_COMPARED
+            if k in made_at and k in run and made_at[k] != run[k]]
 
 
 def regime_of(unconditional_rows) -> str | None:
@@ -158,10 +179,11 @@ def calibrated_indices(shortcut, steps: int, full_steps: int, regime: str | None
 
 
 def resolve_placement(steps: int, full_steps, placement: str, shortcut,
-                      regime: str | None = None) -> tuple[list[int] | None, str]:
+                      regime: str | None = None, settings: dict | None = None) -> tuple[list[int] | None, str]:
     """(full-step indices or None for the sampler's own resolution, a note for the report).
 
-    ``regime``: "cond" or "uncond" for a run whose rows are all of one kind, None for a mixed one."""
+    ``regime``: "cond" or "uncond" for a run whose rows are all of one kind, None for a mixed one.
+    ``settings``: the run's sampling settings, checked against those the placement was made at."""
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if placement == PAPER or shortcut is None or full_steps is None:
@@ -176,10 +198,16 @@ def resolve_placement(steps: int, full_steps, placement: str, shortcut,
         return None, ""  # every step is full: nothing to place
     found = calibrated_indices(shortcut, steps, full_steps, regime)
     own = calibrated_indices(shortcut, steps, full_steps) != found  # the regime's own entry decided
-    if found is not None:
-        return found, (f"calibrated placement {','.join(map(str, found))}"
-                       + (f" ({REGIME_WORDS[regime]})" if own else ""))
     stored = _stored(shortcut)
+    if found is not None:
+        source = (stored.get("by_regime_source") or {}).get(regime) or {} if own else stored
+        differ = settings_differ(source.get("sampled_with"), settings)
+        if differ and placement == AUTO:
+            return None, (f"paper placement: the shortcut's calibrated placement for N={steps}, B={full_steps} was "
+                          f"made at {', '.join(differ)}; pass placement 'calibrated' to use it anyway")
+        return found, (f"calibrated placement {','.join(map(str, found))}"
+                       + (f" ({REGIME_WORDS[regime]})" if own else "")
+                       + (f", made at {', '.join(differ)}" if differ else ""))
     if placement == AUTO and not (stored.get("table") or stored.get("by_regime")):
         return None, ""  # a file that was never calibrated (the published ones): the paper's, as the reference
     elsewhere = [REGIME_WORDS[r] for r in (COND, UNCOND) if r != regime

@@ -10,7 +10,7 @@ import torch
 
 from shortcut_core import FeatureCache, generate, load_migm, load_shortcut, save_migm, save_shortcut
 from shortcut_core.placement import (calibrated_indices, masked_before, optimal_placement, placement_cost,
-                                     regime_of, remap_errors, resolve_placement)
+                                     regime_of, remap_errors, resolve_placement, sampled_with)
 from shortcut_core.schedules import full_step_indices, reveal_counts
 from tests.tiny import tiny_migm, tiny_shortcut
 
@@ -116,6 +116,30 @@ def test_auto_placement_is_the_files_where_it_has_one_and_the_papers_elsewhere(t
     assert "placement" not in published.stats.report()
 
 
+def test_a_placement_made_at_other_sampling_settings_is_not_taken_by_default(tmp_path):
+    """Measured on the Fashion-MNIST v3 pair: a placement chosen at r_temp 9 was 10-14 FD worse
+    than the paper's at r_temp 4.5. "auto" takes it only at the settings it was made at."""
+    made_at = {"sm_temp": 1.0, "r_temp": 9.0, "schedule": "arccos", "randomize": "linear"}
+    _, migm, sc_path = saved_pair(tmp_path, info={"placements": {"table": {"8": {"3": [0, 5, 6]}},
+                                                                 "sampled_with": made_at}})
+    shortcut = load_shortcut(sc_path, migm)
+    same = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, r_temp=9.0, sm_temp=1.0,
+                    schedule="arccos", randomize="linear", decode=False)
+    assert same.stats.full_step_indices == [0, 5, 6] and "made at" not in same.stats.report()
+    other = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, r_temp=4.5, decode=False)
+    assert other.stats.full_step_indices == full_step_indices(8, 3)
+    assert "was made at r_temp 9.0 (this run: 4.5)" in other.stats.report()
+    forced = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, r_temp=4.5,
+                      placement="calibrated", decode=False)
+    assert forced.stats.full_step_indices == [0, 5, 6]
+    assert "made at r_temp 9.0 (this run: 4.5)" in forced.stats.report()
+    # A run without options samples at the base file's recommended settings (the tiny model's r_temp is 7).
+    assert migm.sampling_defaults["r_temp"] == 7.0
+    default = generate(migm, classes=[0, 1], steps=8, full_steps=3, shortcut=shortcut, decode=False)
+    assert default.stats.full_step_indices == full_step_indices(8, 3)
+    assert "was made at r_temp 9.0 (this run: 7.0)" in default.stats.report()
+
+
 def committed_drift(migm, run: list, plain: list) -> float:
     """What calibration minimises, measured on sampled runs against the plain run of the same seed:
     per step, the feature MSE at the positions still masked, weighted by the share of the image
@@ -152,6 +176,7 @@ def test_calibrated_run_drifts_less_from_the_plain_run_than_the_paper_placement(
                            "--val-max", "64"]) == 0
     shortcut = load_shortcut(copy_path, migm)
     assert calibrated_indices(shortcut, 8, 3) != full_step_indices(8, 3)  # calibration moved the full steps
+    assert shortcut.info["placements"]["sampled_with"] == sampled_with(migm.sampling_defaults)  # as recorded
 
     def steps_of(**kw):
         seen = []
@@ -202,6 +227,7 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
     assert placements["method"] == RULE
     assert placements["table"] == {"8": {"3": [0, 2, 4], "2": [0, 3]}}  # the DP's table is gone, the rule's kept
     assert placements["runs"]["8/3"]["chosen_in"] == "2 of 3 chunks"
+    assert placements["sampled_with"] == sampled_with(migm.sampling_defaults)  # the rule sampled at these
     assert placements["runs"]["8/3"]["command"] == "python -m training.fmnist.adaptive --steps 8"
     assert placements["runs"]["8/2"]["command"] == placements["command"]  # the latest write
     assert calibrated_indices(load_shortcut(out, migm), 8, 3) == [0, 2, 4]

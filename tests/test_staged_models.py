@@ -69,5 +69,7 @@ def test_staged_base_samples_the_requested_classes(staged, classifier):
 def test_staged_shortcut_belongs_to_the_staged_base_and_tracks_it(staged):
     shortcut = load_shortcut(STAGED_SHORTCUT, staged)  # raises on another base's fingerprint
     assert shortcut.info["placements"]["table"]["16"]["4"] == [0, 2, 4, 7]
+    # Chosen at r_temp 9; the staged base recommends 4.5, where the paper's placement did better.
+    assert shortcut.info["placements"]["sampled_with"]["r_temp"] == 9.0
     # Measured 0.887 (fifteenth session); a re-initialised shortcut scores 1.00 (test_embedded.py).
     assert feature_error_ratio(staged, shortcut) < 0.95

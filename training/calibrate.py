@@ -40,7 +40,7 @@ import torch
 from shortcut_core import load_migm, load_shortcut, reveal_counts
 from shortcut_core.checkpoints import CheckpointError, rewrite_info
 from shortcut_core.placement import (REGIME_WORDS, REGIMES, masked_before, optimal_placement, placement_cost,
-                                     remap_errors)
+                                     remap_errors, sampled_with)
 from shortcut_core.schedules import full_step_indices
 
 from .data import Recording, gather_pairs
@@ -157,7 +157,15 @@ def calibrate(args) -> dict:
     return {"placements": placements, "summary": summary, "drift": raw.round(6).tolist(), "metric": args.metric,
             "recorded_steps": n_train, "held_out": {"val_fraction": fraction, "val_max": most,
                                                     "trajectory_branches": branches},
-            "data": [str(r) for r in recording.roots], "schedule": schedule}
+            "data": [str(r) for r in recording.roots], "schedule": schedule,
+            "sampled_with": recorded_settings(recording.manifests)}
+
+
+def recorded_settings(manifests: list[dict]) -> dict:
+    """The sampling settings every recording shares (what the placements are valid for); {} when
+    they differ, since no one setting then describes the data."""
+    found = [sampled_with(m.get("sampler") or {}) for m in manifests]
+    return found[0] if all(f == found[0] for f in found) else {}
 
 
 def write_into(shortcut_path: Path, out: Path, placements: dict, regime: str | None = None) -> None:
@@ -213,7 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_into(Path(args.shortcut), out, {
             "table": result["placements"], "method": "dynamic programme over the drift table",
             "metric": result["metric"], "data": result["data"], "recorded_steps": result["recorded_steps"],
-            "held_out": result["held_out"], "command": command}, args.for_regime)
+            "held_out": result["held_out"], "sampled_with": result["sampled_with"], "command": command},
+            args.for_regime)
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(result, indent=1))

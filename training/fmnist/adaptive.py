@@ -29,6 +29,7 @@ import torch
 
 from shortcut_core import load_migm, load_shortcut
 from shortcut_core.checkpoints import read_safetensors_metadata
+from shortcut_core.placement import sampled_with
 from training.calibrate import write_into
 from training.fmnist.ablation import quick_fd, sample_chunks
 from training.fmnist.classifier import load_classifier
@@ -199,7 +200,9 @@ def write_placements(args, rows: list[dict], argv) -> None:
         "chosen_in": f"{count} of {sum(votes.values())} chunks", "command": command,
         **{row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"], "fd_paper": row["fd_paper"],
                            "images": row["images"]} for row in rows}}
-    write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command}, args.for_regime)
+    made_at = sampled_with(load_migm(args.migm).sampling_defaults)  # the rule sampled at the file's settings
+    write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command,
+                                "sampled_with": made_at}, args.for_regime)
     print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget}"
           + (f" ({args.for_regime} only)" if args.for_regime else "") + f" into {target}")
 

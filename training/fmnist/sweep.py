@@ -632,8 +632,9 @@ def write_markdown(path: Path, sections: dict, meta: dict) -> None:
         f"in two seed blocks; their FD on all images decides the same-N and equal-passes targets, and the gap "
         f"between their blocks is the noise those targets allow. Seconds: the sampling loop only (decoding adds "
         f"{meta['decode_ms']:.2f} ms/image to every row). Shortcut rows marked calibrated place their full steps "
-        f"where the shortcut file says for that N and B, as the sampler does by default (placement 'auto'); the "
-        f"other shortcut rows place them as the paper does.",
+        f"where the shortcut file says for that N and B, as the sampler does by default (placement 'auto') at "
+        f"the sampling settings the placement was made at; the other shortcut rows place them as the paper "
+        f"does.",
         "",
         *([meta["note"], ""] if meta.get("note") else []),
     ]
