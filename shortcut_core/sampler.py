@@ -218,9 +218,8 @@ def sample(
         check_same_place(migm, shortcut)
     generator = torch.Generator(device=migm.device).manual_seed(int(seed) % 2**64)
     state = migm.start(conditions, steps=steps, generator=generator, **options)
-    settings = {**getattr(migm, "sampling_defaults", {}), **{k: v for k, v in options.items() if v is not None}}
     calibrated, placement_note = resolve_placement(steps, full_steps, placement, shortcut,
-                                                   migm.placement_regime(state), settings)
+                                                   migm.placement_regime(state), migm.sampling_settings(state))
     if calibrated is not None:
         full_list = calibrated
     if shortcut is None:

@@ -221,13 +221,14 @@ def test_rule_placements_are_stored_by_majority_and_replace_another_methods_tabl
 
     args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base),
                            for_regime=None)
-    write_placements(args, rows((0, 2, 4), (0, 2, 4), (0, 2, 5)), ["--steps", "8"])
-    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), rows((0, 3)), ["--steps", "8"])
+    made_at = sampled_with(migm.sampling_defaults)
+    write_placements(args, rows((0, 2, 4), (0, 2, 4), (0, 2, 5)), made_at, ["--steps", "8"])
+    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), rows((0, 3)), made_at, ["--steps", "8"])
     placements = load_shortcut(out, migm).info["placements"]
     assert placements["method"] == RULE
     assert placements["table"] == {"8": {"3": [0, 2, 4], "2": [0, 3]}}  # the DP's table is gone, the rule's kept
     assert placements["runs"]["8/3"]["chosen_in"] == "2 of 3 chunks"
-    assert placements["sampled_with"] == sampled_with(migm.sampling_defaults)  # the rule sampled at these
+    assert placements["sampled_with"] == made_at
     assert placements["runs"]["8/3"]["command"] == "python -m training.fmnist.adaptive --steps 8"
     assert placements["runs"]["8/2"]["command"] == placements["command"]  # the latest write
     assert calibrated_indices(load_shortcut(out, migm), 8, 3) == [0, 2, 4]
@@ -277,14 +278,16 @@ def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
                                                                                  ("uncond", [0, 4, 6]))]
     args = SimpleNamespace(steps=8, budget=3, write_placements=str(out), shortcut=str(source), migm=str(base),
                            for_regime=None)
-    write_placements(args, rows[1:], ["--steps", "8"])  # shared: what the unconditional run chose
-    write_placements(SimpleNamespace(**{**vars(args), "for_regime": "cond"}), rows, ["--for-regime", "cond"])
+    made_at = sampled_with(migm.sampling_defaults)
+    write_placements(args, rows[1:], made_at, ["--steps", "8"])  # shared: what the unconditional run chose
+    write_placements(SimpleNamespace(**{**vars(args), "for_regime": "cond"}), rows, made_at, ["--for-regime", "cond"])
     placements = load_shortcut(out, migm).info["placements"]
     assert placements["table"] == {"8": {"3": [0, 4, 6]}}
     assert placements["by_regime"] == {"cond": {"8": {"3": [0, 2, 5]}}}  # from the cond rows' votes only
     assert set(placements["runs"]) == {"8/3"} and placements["by_regime_source"]["cond"]["method"] == RULE
     assert set(placements["by_regime_source"]["cond"]["runs"]["8/3"]) == {"chosen_in", "command", "cond"}
-    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), [{**rows[1], "budget": 2}], ["--steps", "8"])
+    write_placements(SimpleNamespace(**{**vars(args), "budget": 2}), [{**rows[1], "budget": 2}], made_at,
+                     ["--steps", "8"])
     placements = load_shortcut(out, migm).info["placements"]  # a later shared write keeps the regime's own
     assert placements["table"] == {"8": {"3": [0, 4, 6], "2": [0, 4, 6]}}
     assert placements["by_regime"] == {"cond": {"8": {"3": [0, 2, 5]}}}
@@ -300,6 +303,13 @@ def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
     with pytest.raises(SystemExit):
         adaptive_main(["--steps", "8", "--budget", "3", "--for-regime", "cond"])  # where to write it?
     assert load_shortcut(out, migm).info["placements"] == placements
+
+    fresh = tmp_path / "sc_from_rows.safetensors"  # saved rows: the settings come from the base file
+    adaptive_main(["--steps", "8", "--budget", "3", "--rows", str(saved), "--migm", str(base),
+                   "--shortcut", str(source), "--write-placements", str(fresh)])
+    stored = load_shortcut(fresh, migm).info["placements"]
+    assert stored["table"] == {"8": {"3": [0, 4, 6]}}
+    assert stored["sampled_with"] == sampled_with(migm.sampling_defaults)
 
 
 def test_an_on_policy_recording_follows_its_regimes_placement(tmp_path):

@@ -22,7 +22,7 @@ def test_scan_measures_each_setting_once_and_resumes(tmp_path, capsys):
     assert len(out.read_text().splitlines()) == 4
     table = out.with_suffix(".md").read_text()
     assert "### cond: 20 images, seeds 7-8 (chunks of 10), fp32" in table
-    assert "| 1.0 | 6.0 | " in table and '"r_temp": 4.5' in table
+    assert "| 1.0 | 6.0 | " in table and '"r_temp": 9.0' in table
 
 
 def test_token_temperature_is_a_scanned_setting_and_old_rows_keep_their_keys(tmp_path):

@@ -191,6 +191,9 @@ class DiMOOMIGM:
     def placement_regime(self, state: DiMOOState) -> str:
         return COND  # every run follows a prompt
 
+    def sampling_settings(self, state: DiMOOState) -> dict:
+        return {"cfg": state.cfg, "temperature": state.temperature}
+
     @property
     def sampling_defaults(self) -> dict:
         """What ``start`` uses for an option left out: the model's recommended settings over Lumina-DiMOO's own."""

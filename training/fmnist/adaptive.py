@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.for_regime and not args.rows and args.for_regime not in args.regimes.split(","):
         p.error(f"--for-regime {args.for_regime} chooses from that regime's runs; add it to --regimes")
     torch.set_num_threads(args.threads)
+    migm = load_migm(args.migm)
+    made_at = sampled_with(migm.sampling_defaults)  # the rule samples at the file's settings
     if args.rows:  # a saved evaluation: store its placement without sampling again
         rows = [r for r in json.loads(Path(args.rows).read_text())
                 if (r["steps"], r["budget"]) == (args.steps, args.budget)]
@@ -150,9 +152,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             p.error(f"--rows {args.rows} holds no rows for --steps {args.steps} --budget {args.budget}"
                     + (f" in the {args.for_regime} regime" if args.for_regime else ""))
         if args.write_placements:
-            write_placements(args, rows, argv)
+            write_placements(args, rows, made_at, argv)
         return rows
-    migm = load_migm(args.migm)
     shortcut = load_shortcut(args.shortcut, migm)
     classifier = load_classifier()
     ref = reference_stats(classifier)
@@ -169,14 +170,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=1))
     if args.write_placements:
-        write_placements(args, rows, argv)
+        write_placements(args, rows, made_at, argv)
     return rows
 
 
-def write_placements(args, rows: list[dict], argv) -> None:
+def write_placements(args, rows: list[dict], made_at: dict, argv) -> None:
     """Store the placement the rule chose most often (over every chunk of every regime, or of
     ``--for-regime`` alone, then stored for that regime only) as the shortcut's calibrated one for
-    (N, B): a fixed placement, which the sweep then measures as such."""
+    (N, B): a fixed placement, which the sweep then measures as such. ``made_at``: the sampling
+    settings the rows were drawn at, stored with it (``sampled_with``)."""
     if args.for_regime:
         rows = [row for row in rows if row["regime"] == args.for_regime]
     votes = Counter(tuple(p) for row in rows for p in row["placements"])
@@ -200,7 +202,6 @@ def write_placements(args, rows: list[dict], argv) -> None:
         "chosen_in": f"{count} of {sum(votes.values())} chunks", "command": command,
         **{row["regime"]: {"tau": row["tau"], "fd_rule": row["fd_adaptive"], "fd_paper": row["fd_paper"],
                            "images": row["images"]} for row in rows}}
-    made_at = sampled_with(load_migm(args.migm).sampling_defaults)  # the rule sampled at the file's settings
     write_into(source, target, {"table": table, "method": RULE, "runs": runs, "command": command,
                                 "sampled_with": made_at}, args.for_regime)
     print(f"wrote the placement {list(placement)} for N={args.steps}, B={args.budget}"
