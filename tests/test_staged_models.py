@@ -1,0 +1,42 @@
+"""A base-model stage committed for the next embedded pair (``models/staging/``).
+
+A stage is committed because ``runs/`` need not outlive a work session: the next one trains a
+shortcut for it (or grows it further) instead of training it again. So a staged file must be
+what its metadata says: it loads, continues the shipped base's recipe, and samples the requested
+classes far better than random weights (the threshold ``test_embedded.py`` shows can fail).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shortcut_core import load_migm
+from tests.test_embedded import CONSISTENCY_THRESHOLD, MIGM_PATH, consistency
+from training.fmnist.train_maskgit import recipe_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+# The shipped base trained 1,000 steps further (sixteenth session): test masked-token CE 4.012 -> 3.956.
+STAGED_BASE = ROOT / "models/staging/fmnist_v3/fmnist_maskgit_d16b.safetensors"
+
+
+@pytest.fixture(scope="module")
+def staged():
+    return load_migm(STAGED_BASE)
+
+
+def test_staged_base_continues_the_shipped_recipe(staged):
+    shipped = load_migm(MIGM_PATH)
+    commands, before = recipe_commands(staged.info["commands"]), recipe_commands(shipped.info["commands"])
+    assert commands[: len(before)] == before and len(commands) == len(before) + 1
+    assert "--init-from models/migm/fmnist_maskgit.safetensors" in commands[-1]
+    assert staged.config == shipped.config
+    assert staged.fingerprint != shipped.fingerprint  # trained further: the shipped shortcut does not fit it
+    assert staged.info["metrics"]["test_masked_ce"] < shipped.info["metrics"]["test_masked_ce"]
+
+
+@pytest.mark.slow
+def test_staged_base_samples_the_requested_classes(staged):
+    from training.fmnist.classifier import load_classifier
+
+    assert consistency(staged, load_classifier()) >= CONSISTENCY_THRESHOLD
