@@ -40,3 +40,16 @@ def test_staged_base_samples_the_requested_classes(staged):
     from training.fmnist.classifier import load_classifier
 
     assert consistency(staged, load_classifier()) >= CONSISTENCY_THRESHOLD
+
+
+# Trained for STAGED_BASE by the shipped recipe (sixteenth session): held-out MSE 0.759 of copy-previous.
+STAGED_SHORTCUT = ROOT / "models/staging/fmnist_v3/fmnist_shortcut_d16b.safetensors"
+
+
+def test_staged_shortcut_belongs_to_the_staged_base_and_tracks_it(staged):
+    from shortcut_core import load_shortcut
+    from tests.test_embedded import feature_error_ratio
+
+    shortcut = load_shortcut(STAGED_SHORTCUT, staged)  # raises on another base's fingerprint
+    assert "placements" not in shortcut.info  # none chosen yet: the sampler uses the paper's
+    assert feature_error_ratio(staged, shortcut) < 0.95
