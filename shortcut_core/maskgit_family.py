@@ -58,8 +58,7 @@ class MaskGITState:
     # "cond", "uncond" or None (mixed): which of a shortcut file's per-regime placements applies,
     # decided in ``start`` from the classes while they are on the host.
     regime: str | None = None
-    # The options this run samples at, the model's defaults filled in (``sampling_settings``).
-    settings: dict = field(default_factory=dict)
+    schedule: str = "arccos"  # the reveal schedule ``counts`` follow (``sampling_settings``)
     # Set by each reveal, read by the next shortcut step: (rows, n) each.
     new_ids: torch.Tensor | None = None
     new_positions: torch.Tensor | None = None
@@ -157,7 +156,8 @@ class MaskGITMIGM:
     def sampling_settings(self, state: MaskGITState) -> dict:
         """The options this run samples at, as ``start`` resolved them: what a calibrated
         placement's ``sampled_with`` is compared with."""
-        return dict(state.settings)
+        return {"cfg": state.cfg, "sm_temp": state.sm_temp, "r_temp": state.r_temp, "schedule": state.schedule,
+                "randomize": state.randomize}
 
     def start(self, classes, *, steps: int, generator, cfg: float | None = None, sm_temp: float | None = None,
               r_temp: float | None = None, schedule: str | None = None, randomize: str | None = None,
@@ -182,7 +182,7 @@ class MaskGITMIGM:
             counts=reveal_counts(c.num_image_tokens, steps, o["schedule"]), steps=steps,
             cfg=cfg, sm_temp=o["sm_temp"], r_temp=o["r_temp"], randomize=o["randomize"],
             num_masked=c.num_image_tokens, guide_rows=guide_rows, first_keys=first_keys,
-            regime=regime_of(uncond.tolist()), settings=o,
+            regime=regime_of(uncond.tolist()), schedule=o["schedule"],
         )
 
     def _first_step_feature(self, class_index: int) -> torch.Tensor:

@@ -79,7 +79,7 @@ def test_shipped_files_describe_themselves(migm, shortcut):
     assert total < 25e6, f"shipped weights are {total / 1e6:.1f} MB, over the 25 MB budget"
 
 
-def test_shipped_tokenizer_reconstructs_the_test_split_as_recorded(migm):
+def test_shipped_tokenizer_reconstructs_the_test_split_as_recorded():
     from training.fmnist.dataset import load_fmnist, to_tensor
     from training.fmnist.train_tokenizer import evaluate
 
