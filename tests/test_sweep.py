@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from shortcut_core import load_migm, load_shortcut, save_shortcut
+from tests.test_embedded import SHIPPED_16_4
 from training.fmnist.sweep import (DEFAULT_MIGM, DEFAULT_SHORTCUT, Setting, fidelity, main, pareto_front,
                                    parse_settings, regime_classes, targets)
 
@@ -271,7 +272,7 @@ def test_cache_rows_share_the_shortcuts_calibrated_placement(tmp_path):
                    "--state-dir", str(state), "--out-dir", str(out)])
     rows = {r["key"]: r for r in report["regimes"]["uncond"]["results"]}
     shortcut, cache = rows["shortcut_N16_B4_cal"], rows["cache_N16_B4_cal"]
-    assert cache["cache"] and cache["full_step_indices"] == shortcut["full_step_indices"] == [0, 2, 4, 7]
+    assert cache["cache"] and cache["full_step_indices"] == shortcut["full_step_indices"] == SHIPPED_16_4
     assert cache["base_passes_per_image"] == shortcut["base_passes_per_image"] == 4
     assert cache["fd_fmnist"] != shortcut["fd_fmnist"]  # the skipped steps were filled differently
     assert "feature cache N=16 B=4 calibrated" in (out / "fmnist_sweep.md").read_text()
@@ -285,7 +286,7 @@ def test_ablation_rows_carry_the_feature_cache_at_their_own_full_steps(tmp_path)
                             "--seed", "3", "--out", str(out)])
     row = report["rows"][0]
     assert "seeds 3.. for every row" in out.read_text()
-    assert row["placement"] == {"cond": [0, 2, 4, 7], "uncond": [0, 2, 4, 7]}  # the shipped file's calibrated 16/4
+    assert row["placement"] == {"cond": SHIPPED_16_4, "uncond": SHIPPED_16_4}  # the shipped file's calibrated 16/4
     assert row["cache_full_steps"] == row["placement"]
     assert set(row["fd_cache"]) == {"cond", "uncond"} and row["fd_cache"] != row["fd"]
     assert f"{row['fd']['cond']:.2f} ({row['fd_cache']['cond']:.2f})" in out.read_text()
@@ -335,7 +336,7 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
     rows = check_main(["--settings", "16:4", "--regimes", "uncond", "--images", "40", "--batch", "20", "--seed", "7",
                        "--base-steps", "4", "--threads", "1", "--out", str(out)])
     (r,) = rows
-    assert r["placement"] == [0, 2, 4, 7]  # the shipped file's 16/4
+    assert r["placement"] == SHIPPED_16_4
     assert r["paper"]["fd"] != r["calibrated"]["fd"]
     # the same figures as scoring the images afresh: all of them, and each seed block of 20 (one chunk)
     from training.fmnist.ablation import sample_chunks
@@ -353,7 +354,7 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
     assert r["noise"] == max(abs(r[k]["blocks"][0] - r[k]["blocks"][1]) for k in ("paper", "calibrated"))
     gap = r["calibrated"]["fd"] - r["paper"]["fd"]
     assert r["verdict"] == ("within the block noise" if abs(gap) <= r["noise"] else "better" if gap < 0 else "worse")
-    assert "| uncond | 16/4 | 0,2,4,7 |" in out.with_suffix(".md").read_text()
+    assert f"| uncond | 16/4 | {','.join(map(str, SHIPPED_16_4))} |" in out.with_suffix(".md").read_text()
     with pytest.raises(ValueError, match="no placement for N=16, B=5"):
         check_main(["--settings", "16:5", "--regimes", "uncond", "--images", "40", "--batch", "20",
                     "--base-steps", "2", "--threads", "1", "--out", str(out)])
