@@ -51,5 +51,8 @@ def test_staged_shortcut_belongs_to_the_staged_base_and_tracks_it(staged):
     from tests.test_embedded import feature_error_ratio
 
     shortcut = load_shortcut(STAGED_SHORTCUT, staged)  # raises on another base's fingerprint
-    assert "placements" not in shortcut.info  # none chosen yet: the sampler uses the paper's
+    placements = shortcut.info["placements"]  # the adaptive rule's, checked on seeds 100.. (fmnist_v3c/)
+    assert placements["table"] == {"16": {"4": [0, 2, 4, 8]}}
+    assert placements["by_regime"] == {"uncond": {"24": {"6": [0, 2, 4, 7, 11, 16]}}}
+    assert placements["sampled_with"]["r_temp"] == staged.info["sampling_defaults"]["r_temp"]
     assert feature_error_ratio(staged, shortcut) < 0.95
