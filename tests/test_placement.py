@@ -206,6 +206,48 @@ def test_adaptive_rule_spends_at_most_the_budget_where_the_drift_account_fills()
     assert full == list(range(8)) and torch.equal(images, plain.images)  # every step full: exactly plain
 
 
+def test_tracking_probe_runs_from_plain_sampling_to_the_shortcut_as_t_goes_from_0_to_1():
+    from training.fmnist.tracking_probe import blended_run
+
+    migm = tiny_migm()
+    shortcut = tiny_shortcut(migm)
+    full = [0, 3, 6]
+
+    def run(t, filler="shortcut", classes=(0, 1)):
+        return blended_run(migm, shortcut, list(classes), steps=8, full_steps=full, t=t, seed=3, filler=filler)
+
+    def sampled(classes=(0, 1), **kw):
+        return generate(migm, classes=list(classes), steps=8, seed=3, **kw).images
+
+    images, error, copy = run(0.0)
+    assert torch.equal(images, sampled()) and error == 0.0 and copy > 0  # the true feature: plain sampling
+    images, error, copy = run(1.0)
+    assert torch.equal(images, sampled(shortcut=shortcut, full_steps=full)) and error > 0
+    images, cache_error, cache_copy = run(1.0, "cache")
+    assert torch.equal(images, sampled(shortcut=FeatureCache(), full_steps=full))
+    # The first skipped step after a full step is copy-previous itself, so the cache's error is at least that.
+    assert cache_error >= 0.5 * cache_copy
+    unguided = ("none", "none")  # one base row per image instead of two
+    assert torch.equal(run(0.0, classes=unguided)[0], sampled(unguided))
+    assert torch.equal(run(1.0, classes=unguided)[0], sampled(unguided, shortcut=shortcut, full_steps=full))
+    with pytest.raises(ValueError, match="unknown filler"):
+        run(1.0, "oracle")
+
+
+def test_tracking_probe_cli_reports_fd_and_error_per_blend(tmp_path):
+    import json
+
+    from training.fmnist.tracking_probe import main
+
+    out = tmp_path / "probe"
+    rows = main(["--t", "0,1", "--cache-t", "1", "--images", "20", "--batch", "10", "--threads", "1",
+                 "--out", str(out)])
+    assert [(r["filler"], r["t"]) for r in rows] == [("shortcut", 0.0), ("shortcut", 1.0), ("cache", 1.0)]
+    assert rows[0]["error_ratio"] == 0.0 and rows[1]["error_ratio"] > 0 and rows[2]["error_ratio"] > 0
+    assert json.loads(out.with_suffix(".json").read_text()) == rows
+    assert "| uncond | cache | 1 |" in out.with_suffix(".md").read_text()
+
+
 def test_rule_placements_are_stored_by_majority_and_replace_another_methods_table(tmp_path):
     from types import SimpleNamespace
 

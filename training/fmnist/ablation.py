@@ -61,6 +61,14 @@ def base_samples(migm, regime: str, steps: int, images: int, batch: int, classif
     return image_stats(generated, classifier)
 
 
+def write_rows(out: Path, rows: list[dict], markdown: str) -> None:
+    """An experiment's report: OUT.json (the rows) and OUT.md (their table)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    out.with_suffix(".md").write_text(markdown)
+    print(f"wrote {out.with_suffix('.md')}")
+
+
 def placement_text(by_regime: dict) -> str:
     """'0,2,4,8', or 'cond 0,2,5; uncond paper' when the regimes differ."""
     shown = {regime: p if p == "paper" else ",".join(map(str, p)) for regime, p in by_regime.items()}

@@ -14,7 +14,6 @@ in either regime.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 
 from shortcut_core import load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
-from training.fmnist.ablation import base_samples, sample_chunks
+from training.fmnist.ablation import base_samples, sample_chunks, write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, verdict
@@ -94,10 +93,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"{regime} {steps}/{budget}: paper {r['paper']['fd']:.2f}, file's {r['calibrated']['fd']:.2f} "
                   f"({r['verdict']}, noise {r['noise']:.2f}); to base {r['paper']['to_base']:.2f} vs "
                   f"{r['calibrated']['to_base']:.2f}", flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    args.out.with_suffix(".md").write_text(markdown(rows, args))
-    print(f"wrote {args.out.with_suffix('.md')}")
+    write_rows(args.out, rows, markdown(rows, args))
     return rows
 
 
