@@ -232,6 +232,12 @@ def test_tracking_probe_runs_from_plain_sampling_to_the_shortcut_as_t_goes_from_
     assert torch.equal(run(1.0, classes=unguided)[0], sampled(unguided, shortcut=shortcut, full_steps=full))
     with pytest.raises(ValueError, match="unknown filler"):
         run(1.0, "oracle")
+    # Blending on some skipped steps only: the others take the shortcut as it is.
+    skipped = set(range(8)) - set(full)
+    nowhere = blended_run(migm, shortcut, [0, 1], steps=8, full_steps=full, t=0.0, seed=3, blend_steps=set())
+    assert torch.equal(nowhere[0], sampled(shortcut=shortcut, full_steps=full)) and nowhere[1] == error
+    everywhere = blended_run(migm, shortcut, [0, 1], steps=8, full_steps=full, t=0.0, seed=3, blend_steps=skipped)
+    assert torch.equal(everywhere[0], sampled()) and everywhere[1] == 0.0
 
 
 def test_tracking_probe_cli_reports_fd_and_error_per_blend(tmp_path):
@@ -245,7 +251,12 @@ def test_tracking_probe_cli_reports_fd_and_error_per_blend(tmp_path):
     assert [(r["filler"], r["t"]) for r in rows] == [("shortcut", 0.0), ("shortcut", 1.0), ("cache", 1.0)]
     assert rows[0]["error_ratio"] == 0.0 and rows[1]["error_ratio"] > 0 and rows[2]["error_ratio"] > 0
     assert json.loads(out.with_suffix(".json").read_text()) == rows
-    assert "| uncond | cache | 1 |" in out.with_suffix(".md").read_text()
+    assert "| uncond | cache | 1 | every skipped step |" in out.with_suffix(".md").read_text()
+    late = main(["--t", "0", "--cache-t", "", "--blend-steps", "9,10,11,12,13,14,15", "--images", "20", "--batch",
+                 "10", "--threads", "1", "--out", str(out)])[0]
+    assert late["blend_steps"] == list(range(9, 16)) and 0 < late["error_ratio"] < rows[1]["error_ratio"]
+    with pytest.raises(SystemExit):
+        main(["--blend-steps", "8", "--out", str(out)])  # a full step of 0,2,4,8
 
 
 def test_rule_placements_are_stored_by_majority_and_replace_another_methods_table(tmp_path):

@@ -33,10 +33,12 @@ FILLERS = ("shortcut", "cache")
 
 @torch.inference_mode()
 def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t: float, seed: int,
-                filler: str = "shortcut"):
+                filler: str = "shortcut", blend_steps: set[int] | None = None):
     """(images, error, copy): one batch sampled from the blend on skipped steps; ``error`` and
     ``copy`` sum, over skipped steps, the blend's and copy-previous's squared error to the true
-    feature at the still-masked positions (their ratio is the error training validation reports)."""
+    feature at the still-masked positions (their ratio is the error training validation reports).
+    ``blend_steps``: blend only on these skipped steps and use the filler unblended on the others
+    (which stretch of a run needs the accuracy); None: every skipped step."""
     if filler not in FILLERS:
         raise ValueError(f"unknown filler {filler!r}; choose from {', '.join(FILLERS)}")
     generator = torch.Generator(device=migm.device).manual_seed(seed)
@@ -52,7 +54,8 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
         else:
             if filler == "shortcut":
                 chain = migm.shortcut_features(shortcut, chain, state)
-            feats = truth + t * (chain - truth)
+            weight = t if blend_steps is None or step in blend_steps else 1.0
+            feats = truth + weight * (chain - truth)
             masked = (state.tokens == migm.config.mask_id).repeat(truth.shape[0] // state.batch, 1)
             image = slice(0, masked.shape[1])  # the image positions; the class token's slot after them is never sampled
             rows = truth[:, image][masked]
@@ -64,7 +67,7 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
 
 
 def probe(migm, shortcut, regime: str, *, steps: int, full_steps: list[int], t: float, filler: str, images: int,
-          batch: int, seed: int, classifier, ref) -> dict:
+          batch: int, seed: int, classifier, ref, blend_steps: set[int] | None = None) -> dict:
     """FD-FMNIST (all images, two seed blocks) and the per-step error ratio of one blend."""
     chunks = -(-images // batch)
     if chunks < 2:
@@ -72,11 +75,12 @@ def probe(migm, shortcut, regime: str, *, steps: int, full_steps: list[int], t: 
     out, error, copy = [], 0.0, 0.0
     for chunk in range(chunks):
         imgs, e, c = blended_run(migm, shortcut, regime_classes(regime, batch), steps=steps, full_steps=full_steps,
-                                 t=t, seed=seed + chunk, filler=filler)
+                                 t=t, seed=seed + chunk, filler=filler, blend_steps=blend_steps)
         out.append(to_uint8(imgs))
         error, copy = error + e, copy + c
     feats = extract_features(np.concatenate(out)[:images], classifier)
     return {"regime": regime, "steps": steps, "full_steps": full_steps, "filler": filler, "t": t,
+            "blend_steps": None if blend_steps is None else sorted(blend_steps),
             "fd": frechet_distance_stats(feature_stats(feats), ref),
             "blocks": halves_fd(feats, chunks // 2 * batch, ref),
             "error_ratio": error / copy if copy else None}
@@ -87,9 +91,10 @@ def markdown(rows: list[dict], args) -> str:
              f"{args.full_steps} of N={args.steps}; on skipped steps the sampler uses truth + t * (filler - truth). "
              f"Error ratio: the blend's MSE to the true feature at the still-masked positions over copy-previous's "
              f"(one step), averaged over skipped steps. FD-FMNIST to the data (seed blocks).", "",
-             "| regime | filler | t | error ratio | FD (blocks) |", "|---|---|---|---|---|"]
+             "| regime | filler | t | blended on | error ratio | FD (blocks) |", "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['regime']} | {r['filler']} | {r['t']:g} | {r['error_ratio']:.3f} | "
+        where = "every skipped step" if r["blend_steps"] is None else "steps " + ",".join(map(str, r["blend_steps"]))
+        lines.append(f"| {r['regime']} | {r['filler']} | {r['t']:g} | {where} | {r['error_ratio']:.3f} | "
                      f"{r['fd']:.2f} ({r['blocks'][0]:.1f} / {r['blocks'][1]:.1f}) |")
     return "\n".join(lines) + "\n"
 
@@ -103,6 +108,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--full-steps", default="0,2,4,8", help="comma list of full-step indices (step 0 first)")
     p.add_argument("--t", default="0,0.25,0.5,0.75,1", help="comma list of blend weights for the shortcut")
     p.add_argument("--cache-t", default="0.5,1", help="comma list of blend weights for the feature cache ('' for none)")
+    p.add_argument("--blend-steps", default="", help="comma list of skipped steps the blend applies to; the "
+                                                      "others use the filler unblended (default: every skipped step)")
     p.add_argument("--images", type=int, default=2000)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--seed", type=int, default=100, help="first chunk's seed (the sweep uses 0..)")
@@ -112,6 +119,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     full_steps = [int(v) for v in args.full_steps.split(",")]
     if full_steps[0] != 0 or sorted(set(full_steps)) != full_steps or full_steps[-1] >= args.steps:
         p.error(f"--full-steps must start at 0 and increase below --steps {args.steps}, got {args.full_steps}")
+    blend_steps = {int(v) for v in args.blend_steps.split(",") if v.strip()} or None
+    if blend_steps and blend_steps & set(full_steps):
+        p.error(f"--blend-steps {args.blend_steps} names full steps ({sorted(blend_steps & set(full_steps))}); "
+                f"the blend applies to skipped steps only")
     settings = [("shortcut", float(v)) for v in args.t.split(",") if v.strip()]
     settings += [("cache", float(v)) for v in args.cache_t.split(",") if v.strip()]
     torch.set_num_threads(args.threads)
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for filler, t in settings:
             rows.append(probe(migm, shortcut, regime.strip(), steps=args.steps, full_steps=full_steps, t=t,
                               filler=filler, images=args.images, batch=args.batch, seed=args.seed,
-                              classifier=classifier, ref=ref))
+                              classifier=classifier, ref=ref, blend_steps=blend_steps))
             r = rows[-1]
             print(f"{r['regime']} {filler} t={t:g}: error ratio {r['error_ratio']:.3f}, FD {r['fd']:.2f} "
                   f"(blocks {r['blocks'][0]:.1f} / {r['blocks'][1]:.1f})", flush=True)
