@@ -33,7 +33,7 @@ from shortcut_core.placement import sampled_with
 from training.calibrate import write_into
 from training.fmnist.ablation import quick_fd, sample_chunks
 from training.fmnist.classifier import load_classifier
-from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
+from training.fmnist.fd import fd_and_blocks, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
 
 TUNING_SEED = 10_000  # far from the evaluation chunks' seeds 0, 1, ...
@@ -82,13 +82,6 @@ def tune_tau(migm, shortcut, regime: str, steps: int, budget: int, batch: int = 
         else:
             hi, at_hi = mid, at_mid
     return float(np.exp(hi)), at_hi
-
-
-def fd_and_blocks(images: np.ndarray, half: int, classifier, ref) -> tuple[float, list[float]]:
-    """FD of all images and of the two seed blocks (before and after ``half``), whose gap shows the noise;
-    the classifier runs once."""
-    feats = extract_features(images, classifier)
-    return frechet_distance_stats(feature_stats(feats), ref), halves_fd(feats, half, ref)
 
 
 def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, classifier, ref,

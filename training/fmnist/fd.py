@@ -192,6 +192,14 @@ def halves_fd(features: np.ndarray, half: int, reference_stats: FeatureStats) ->
     return [frechet_distance_stats(feature_stats(part), reference_stats) for part in (features[:half], features[half:])]
 
 
+def fd_and_blocks(images, half: int, classifier: torch.nn.Module,
+                  reference_stats: FeatureStats) -> tuple[float, list[float]]:
+    """FD of all ``images`` and of the two seed blocks (before and after ``half``), whose gap shows
+    the noise; the classifier runs once."""
+    feats = extract_features(images, classifier)
+    return frechet_distance_stats(feature_stats(feats), reference_stats), halves_fd(feats, half, reference_stats)
+
+
 def fd_fmnist(images, classifier: torch.nn.Module, reference_stats: FeatureStats, batch_size: int = 500) -> float:
     """FD-FMNIST of ``images`` against precomputed reference statistics (see ``reference_stats``).
 

@@ -25,7 +25,7 @@ import torch
 from shortcut_core import load_migm, load_shortcut
 from training.fmnist.ablation import write_rows
 from training.fmnist.classifier import load_classifier
-from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
+from training.fmnist.fd import fd_and_blocks, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
 
 FILLERS = ("shortcut", "cache")
@@ -45,7 +45,7 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
     state = migm.start(classes, steps=steps, generator=generator)
     full = set(full_steps)
     chain = previous_truth = None
-    error = copy = 0.0
+    error = copy = torch.zeros((), device=migm.device)  # summed on the device: one host sync per run
     for step in range(steps):
         truth = migm.base_features(state)
         state.extras.pop("from_memory", None)
@@ -59,11 +59,11 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
             masked = (state.tokens == migm.config.mask_id).repeat(truth.shape[0] // state.batch, 1)
             image = slice(0, masked.shape[1])  # the image positions; the class token's slot after them is never sampled
             rows = truth[:, image][masked]
-            error += float((feats[:, image][masked] - rows).pow(2).sum())
-            copy += float((previous_truth[:, image][masked] - rows).pow(2).sum())
+            error = error + (feats[:, image][masked] - rows).float().pow(2).sum()
+            copy = copy + (previous_truth[:, image][masked] - rows).float().pow(2).sum()
         previous_truth = truth
         migm.advance(state, feats, step, generator)
-    return migm.decode(state), error, copy
+    return migm.decode(state), float(error), float(copy)
 
 
 def probe(migm, shortcut, regime: str, *, steps: int, full_steps: list[int], t: float, filler: str, images: int,
@@ -78,11 +78,9 @@ def probe(migm, shortcut, regime: str, *, steps: int, full_steps: list[int], t: 
                                  t=t, seed=seed + chunk, filler=filler, blend_steps=blend_steps)
         out.append(to_uint8(imgs))
         error, copy = error + e, copy + c
-    feats = extract_features(np.concatenate(out)[:images], classifier)
+    fd, blocks = fd_and_blocks(np.concatenate(out)[:images], chunks // 2 * batch, classifier, ref)
     return {"regime": regime, "steps": steps, "full_steps": full_steps, "filler": filler, "t": t,
-            "blend_steps": None if blend_steps is None else sorted(blend_steps),
-            "fd": frechet_distance_stats(feature_stats(feats), ref),
-            "blocks": halves_fd(feats, chunks // 2 * batch, ref),
+            "blend_steps": None if blend_steps is None else sorted(blend_steps), "fd": fd, "blocks": blocks,
             "error_ratio": error / copy if copy else None}
 
 
