@@ -27,10 +27,12 @@ CONSISTENCY_THRESHOLD = 0.75
 MIN_TOKENIZER_PSNR = 24.0
 # The full steps the adaptive rule chose at the file's settings and the check on other seeds kept
 # (seventeenth session): 16/4 for both regimes, 24/6 for unconditional sampling only; five more
-# (N, B) at B <= N/4 for unconditional sampling only (nineteenth session).
+# (N, B) at B <= N/4 for each regime on its own (nineteenth session).
 SHIPPED_16_4 = [0, 2, 4, 8]
 SHIPPED_UNCOND = {"8": {"2": [0, 3]}, "16": {"2": [0, 4], "3": [0, 3, 7]},
                   "24": {"3": [0, 4, 10], "4": [0, 3, 7, 13], "6": [0, 2, 4, 7, 11, 16]}}
+SHIPPED_COND = {"8": {"2": [0, 2]}, "16": {"2": [0, 5], "3": [0, 3, 7]},
+                "24": {"3": [0, 4, 11], "4": [0, 3, 7, 13]}}
 PER_CLASS = 10  # 100 samples
 SEED = 1234
 
@@ -76,7 +78,7 @@ def test_shipped_files_describe_themselves(migm, shortcut):
     placements = shortcut.info["placements"]
     assert placements["table"] == {"16": {"4": SHIPPED_16_4}}
     # Class-conditionally the rule's 24/6 lost to the paper's on this pair, so it is not stored.
-    assert placements["by_regime"] == {"uncond": SHIPPED_UNCOND}
+    assert placements["by_regime"] == {"uncond": SHIPPED_UNCOND, "cond": SHIPPED_COND}
     # Made at the settings the base file recommends, so the sampler takes it by default.
     assert placements["sampled_with"]["r_temp"] == migm.info["sampling_defaults"]["r_temp"]
     assert shortcut.config.dim == migm.config.hidden and shortcut.config.n_block == 1
