@@ -44,11 +44,11 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
     generator = torch.Generator(device=migm.device).manual_seed(seed)
     state = migm.start(classes, steps=steps, generator=generator)
     full = set(full_steps)
+    image = slice(0, migm.config.num_image_tokens)  # the class token's slot after them is never sampled
     chain = previous_truth = None
     error = copy = torch.zeros((), device=migm.device)  # summed on the device: one host sync per run
     for step in range(steps):
         truth = migm.base_features(state)
-        state.extras.pop("from_memory", None)
         if step in full:
             feats = chain = truth
         else:
@@ -57,7 +57,6 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
             weight = t if blend_steps is None or step in blend_steps else 1.0
             feats = truth + weight * (chain - truth)
             masked = (state.tokens == migm.config.mask_id).repeat(truth.shape[0] // state.batch, 1)
-            image = slice(0, masked.shape[1])  # the image positions; the class token's slot after them is never sampled
             rows = truth[:, image][masked]
             error = error + (feats[:, image][masked] - rows).float().pow(2).sum()
             copy = copy + (previous_truth[:, image][masked] - rows).float().pow(2).sum()
