@@ -206,6 +206,40 @@ def test_adaptive_rule_spends_at_most_the_budget_where_the_drift_account_fills()
     assert full == list(range(8)) and torch.equal(images, plain.images)  # every step full: exactly plain
 
 
+@pytest.mark.parametrize("classes", [[0, 1, 2], ["none"] * 3], ids=["guided", "unconditional"])
+def test_per_image_rule_runs_the_base_model_only_for_the_images_whose_account_is_full(classes):
+    from training.fmnist.adaptive import adaptive_run, per_image_run
+
+    migm = tiny_migm()
+    shortcut = tiny_shortcut(migm)
+    run = lambda cls, **kw: per_image_run(migm, shortcut, cls, steps=8, seed=3, **kw)  # noqa: E731
+    images, full = run(classes, budget=3, tau=0.0)
+    assert full == [[0, 1, 2]] * 3
+    assert torch.equal(images, generate(migm, classes=classes, steps=8, seed=3, shortcut=shortcut,
+                                        full_steps=[0, 1, 2]).images)
+    for tau in (0.6, 1.0):  # one image alone: the batch rule, decision for decision
+        alone, alone_full = run(classes[:1], budget=None, tau=tau)
+        batch_images, batch_full = adaptive_run(migm, shortcut, classes[:1], steps=8, seed=3, budget=None, tau=tau)
+        assert alone_full == [batch_full] and torch.equal(alone, batch_images)
+
+    # Images that disagree: the sub-batch passes must land on their own rows (both halves when
+    # guided). Reference: the base model on every row at every step, each image taking it at its steps.
+    images, full = run(classes, budget=None, tau=1.4)
+    assert len({tuple(f) for f in full}) > 1  # the images do disagree
+    assert run(classes, budget=2, tau=1.4)[1] == [f[:2] for f in full]  # each capped at its own first choices
+    generator = torch.Generator().manual_seed(3)
+    state = migm.start(classes, steps=8, generator=generator)
+    feats = None
+    with torch.inference_mode():
+        for step in range(8):
+            base = migm.batched_features(state)
+            take = torch.tensor([step in f for f in full]).repeat(base.shape[0] // 3)[:, None, None]
+            feats = base if step == 0 else torch.where(take, base, migm.shortcut_features(shortcut, feats, state))
+            migm.advance(state, feats, step, generator)
+        reference = migm.decode(state)
+    assert torch.allclose(images, reference, atol=1e-5)
+
+
 def test_tracking_probe_runs_from_plain_sampling_to_the_shortcut_as_t_goes_from_0_to_1():
     from training.fmnist.tracking_probe import blended_run
 
@@ -365,6 +399,38 @@ def test_rule_placements_can_be_stored_for_one_regime(tmp_path):
     stored = load_shortcut(fresh, migm).info["placements"]
     assert stored["table"] == {"8": {"3": [0, 4, 6]}}
     assert stored["sampled_with"] == sampled_with(migm.sampling_defaults)
+
+
+def test_per_image_rows_are_tabulated_with_verdicts_and_never_stored_as_a_placement(tmp_path):
+    import json
+
+    from training.fmnist.adaptive import main as adaptive_main
+
+    base, migm, source = saved_pair(tmp_path)
+    row = {"regime": "uncond", "steps": 16, "budget": 4, "images": 5000, "seed": 0, "tau": 0.41, "rule": "per image",
+           "mean_full": 3.94, "fd_adaptive": 135.4, "fd_adaptive_blocks": [135.3, 136.7],
+           "fd_paper": 141.8, "fd_paper_blocks": [142.1, 143.0], "fd_file": 137.1, "fd_file_blocks": [134.4, 141.6]}
+    saved = [tmp_path / "a.json", tmp_path / "b.json"]
+    saved[0].write_text(json.dumps([row]))
+    saved[1].write_text(json.dumps([{**row, "regime": "cond", "fd_adaptive": 46.6, "fd_adaptive_blocks": [48.3, 46.2],
+                                     "fd_paper": 46.0, "fd_paper_blocks": [46.1, 46.3], "fd_file": 49.0,
+                                     "fd_file_blocks": [48.9, 49.1]}]))
+    table = tmp_path / "table.md"
+    adaptive_main(["--rows", *map(str, saved), "--markdown", str(table), "--shortcut", str(source), "--migm", str(base)])
+    lines = table.read_text().splitlines()
+    assert "decided per image" in lines[0]
+    # noise = the larger block gap of the pair: 1.4 against the paper's (better), 7.2 against the file's (within)
+    assert "| uncond | 16/4 | 5000, 0.. | 0.41 | 3.94 | 135.4 (135.3 / 136.7) |" in lines[5]
+    assert "| 1.4: better |" in lines[5] and lines[5].endswith("| 137.1 (134.4 / 141.6) | 7.2: within the block noise |")
+    assert lines[4].startswith("| cond |") and "| 2.1: within the block noise |" in lines[4]
+    assert lines[4].endswith("| 49.0 (48.9 / 49.1) | 2.1: better |")
+    out = tmp_path / "sc_per_image.safetensors"
+    for refused in (["--rows", str(saved[0]), "--write-placements", str(out)],
+                    ["--per-image", "--write-placements", str(out)],
+                    ["--rows", str(saved[0])]):  # saved rows and nothing to do with them
+        with pytest.raises(SystemExit):
+            adaptive_main(["--steps", "16", "--budget", "4", "--shortcut", str(source), "--migm", str(base), *refused])
+    assert not out.exists()
 
 
 def test_an_on_policy_recording_follows_its_regimes_placement(tmp_path):
