@@ -416,12 +416,14 @@ def test_per_image_rows_are_tabulated_with_verdicts_and_never_stored_as_a_placem
                                      "fd_paper": 46.0, "fd_paper_blocks": [46.1, 46.3], "fd_file": 49.0,
                                      "fd_file_blocks": [48.9, 49.1]}]))
     table = tmp_path / "table.md"
-    adaptive_main(["--rows", *map(str, saved), "--markdown", str(table), "--shortcut", str(source), "--migm", str(base)])
+    adaptive_main(["--rows", *map(str, saved), "--markdown", str(table), "--shortcut", str(source),
+                   "--migm", str(base)])
     lines = table.read_text().splitlines()
     assert "decided per image" in lines[0]
     # noise = the larger block gap of the pair: 1.4 against the paper's (better), 7.2 against the file's (within)
     assert "| uncond | 16/4 | 5000, 0.. | 0.41 | 3.94 | 135.4 (135.3 / 136.7) |" in lines[5]
-    assert "| 1.4: better |" in lines[5] and lines[5].endswith("| 137.1 (134.4 / 141.6) | 7.2: within the block noise |")
+    assert "| 1.4: better |" in lines[5]
+    assert lines[5].endswith("| 137.1 (134.4 / 141.6) | 7.2: within the block noise |")
     assert lines[4].startswith("| cond |") and "| 2.1: within the block noise |" in lines[4]
     assert lines[4].endswith("| 49.0 (48.9 / 49.1) | 2.1: better |")
     out = tmp_path / "sc_per_image.safetensors"

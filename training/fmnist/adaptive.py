@@ -286,7 +286,8 @@ def write_markdown(path: Path, rows: list[dict], shortcut: str) -> None:
         lines.append(f"| {r['regime']} | {r['steps']}/{r['budget']} | {r['images']}, {r.get('seed', 0)}.. | "
                      f"{r['tau']:.3g} | {spent:.2f} | {cell(r['fd_adaptive'], r['fd_adaptive_blocks'])} | "
                      f"{cell(r['fd_paper'], r['fd_paper_blocks'])} | {against('fd_paper')} |"
-                     + (f" {cell(r['fd_file'], r['fd_file_blocks'])} | {against('fd_file')} |" if "fd_file" in r else ""))
+                     + (f" {cell(r['fd_file'], r['fd_file_blocks'])} | {against('fd_file')} |"
+                        if "fd_file" in r else ""))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
 
