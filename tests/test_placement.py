@@ -445,3 +445,64 @@ def test_an_on_policy_recording_follows_its_regimes_placement(tmp_path):
     assert unconditional["full_step_indices"] == full_step_indices(8, 3) and unconditional["placement"] == "paper"
     with pytest.raises(ValueError, match="no calibrated placement"):
         policy_settings(migm, policy, 8, 3, "calibrated", "uncond")
+
+
+def test_placement_search_moves_one_full_step_at_a_time_down_to_a_synthetic_optimum():
+    from training.fmnist.placement_search import neighbours, search
+
+    assert neighbours([0, 2, 4], 8, (1,)) == [[0, 1, 4], [0, 3, 4], [0, 2, 3], [0, 2, 5]]
+    assert neighbours([0, 2, 4], 8, (2,)) == [[0, 2, 6]]  # a move never reaches or passes a neighbour
+    assert all(p[0] == 0 and p == sorted(set(p)) and p[-1] <= 7 for p in neighbours([0, 5, 7], 8, (1, 2)))
+    target = [0, 3, 7, 12]
+    calls = []
+
+    def score(p):
+        calls.append(tuple(p))
+        return float(sum(abs(a - b) for a, b in zip(p, target)))
+
+    best, seen = search(score, [0, 4, 8, 12], 16, (1, 2), rounds=10)
+    assert best == target and seen[tuple(best)] == 0.0
+    assert len(calls) == len(set(calls))  # no placement is sampled twice
+    stuck, _ = search(score, [0, 4, 8, 12], 16, (1, 2), rounds=1)
+    assert stuck != target and score(stuck) < score([0, 4, 8, 12])  # one round: one move
+
+
+def test_searched_placements_join_the_regimes_table_and_keep_the_other_entries(tmp_path):
+    import json
+
+    from training.fmnist.placement_search import METHOD, main as search_main
+
+    made_at = sampled_with(tiny_migm().sampling_defaults)
+    rule = {"method": "the rule", "runs": {"8/2": {"command": "rule"}}, "sampled_with": made_at}
+    base, migm, source = saved_pair(tmp_path, info={"placements": {
+        "table": {"8": {"4": [0, 2, 4, 6]}}, "by_regime": {"uncond": {"8": {"2": [0, 3]}}},
+        "by_regime_source": {"uncond": rule}}})
+    rows = [{"regime": "uncond", "steps": 8, "budget": 4, "images": 10, "seed": 300, "start": [0, 2, 4, 6],
+             "paper": [0, 2, 4, 6], "best": [0, 1, 3, 5], "to_base": {"0,1,3,5": 1.5, "0,2,4,6": 2.5},
+             "replicate": {"seed": 400, "best": 1.6, "start": 2.4}},
+            {"regime": "uncond", "steps": 8, "budget": 2, "images": 10, "seed": 300, "start": [0, 3],
+             "paper": [0, 4], "best": [0, 3], "to_base": {"0,3": 1.0, "0,4": 2.0}},
+            {"regime": "uncond", "steps": 8, "budget": 3, "images": 10, "seed": 300, "start": [0, 3, 5],
+             "paper": [0, 3, 5], "best": [0, 2, 5], "to_base": {"0,2,5": 1.0, "0,3,5": 1.1},
+             "replicate": {"seed": 400, "best": 1.3, "start": 1.2}}]  # a move the second seeds do not confirm
+    saved = tmp_path / "search.json"
+    saved.write_text(json.dumps(rows))
+    out = tmp_path / "searched.safetensors"
+    search_main(["--regime", "uncond", "--rows", str(saved), "--migm", str(base), "--shortcut", str(source),
+                 "--out", str(tmp_path / "replicated.json"), "--write-placements", str(out)])
+    shortcut = load_shortcut(out, migm)
+    assert calibrated_indices(shortcut, 8, 4, "uncond") == [0, 1, 3, 5]  # moved: the regime's own entry now
+    assert calibrated_indices(shortcut, 8, 4, "cond") == [0, 2, 4, 6]  # the shared table is untouched
+    assert calibrated_indices(shortcut, 8, 2, "uncond") == [0, 3]
+    assert calibrated_indices(shortcut, 8, 3, "uncond") is None  # not confirmed on the replicate seeds: not stored
+    source_info = shortcut.info["placements"]["by_regime_source"]["uncond"]
+    assert source_info["method"] == "the rule" and source_info["runs"]["8/2"] == {"command": "rule"}
+    record = source_info["runs"]["8/4"]
+    assert record["method"] == METHOD and record["moved_from"] == [0, 2, 4, 6]
+    assert (record["to_base"], record["to_base_before"], record["to_base_paper"]) == (1.5, 2.5, 2.5)
+    assert torch.equal(next(shortcut.parameters()), next(load_shortcut(source, migm).parameters()))
+    assert record["replicate"] == {"seed": 400, "best": 1.6, "start": 2.4}
+    for refused in (["--regime", "cond", "--rows", str(saved), "--write-placements", str(out)],
+                    ["--regime", "cond"]):
+        with pytest.raises(SystemExit):  # rows of another regime; nothing to search
+            search_main(refused)
