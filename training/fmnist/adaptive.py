@@ -162,7 +162,10 @@ def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, 
             migm, shortcut, regime_classes(regime, batch), steps=steps, budget=budget, tau=tau, seed=seed + chunk)
         seconds += time.perf_counter() - started
         out.append(to_uint8(imgs))
-        placements.extend(full) if per_image else placements.append(full)
+        if per_image:
+            placements.extend(full)
+        else:
+            placements.append(full)
     half = chunks // 2 * batch
     fd_rule, blocks_rule = fd_and_blocks(np.concatenate(out)[:images], half, classifier, ref)
     paper = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement="paper", seed=seed)[0]
