@@ -426,6 +426,13 @@ def test_per_image_rows_are_tabulated_with_verdicts_and_never_stored_as_a_placem
     assert lines[5].endswith("| 137.1 (134.4 / 141.6) | 7.2: within the block noise |")
     assert lines[4].startswith("| cond |") and "| 2.1: within the block noise |" in lines[4]
     assert lines[4].endswith("| 49.0 (48.9 / 49.1) | 2.1: better |")
+    batch_rows = tmp_path / "batch.json"  # the batch rule: one placement per chunk, their mean spend
+    batch_rows.write_text(json.dumps([{key: row[key] for key in row if not key.startswith(("fd_file", "mean"))}
+                                      | {"rule": "batch", "placements": [[0, 2, 4, 8], [0, 2, 5]]}]))
+    adaptive_main(["--rows", str(batch_rows), "--markdown", str(table), "--shortcut", str(source), "--migm", str(base)])
+    lines = table.read_text().splitlines()
+    assert "decided per batch" in lines[0] and lines[3].count("|") == 9
+    assert lines[4].startswith("| uncond | 16/4 | 5000, 0.. | 0.41 | 3.50 |") and lines[4].endswith("| 1.4: better |")
     out = tmp_path / "sc_per_image.safetensors"
     for refused in (["--rows", str(saved[0]), "--write-placements", str(out)],
                     ["--per-image", "--write-placements", str(out)],

@@ -285,7 +285,7 @@ def write_markdown(path: Path, rows: list[dict], shortcut: str) -> None:
              + (" file's | noise: rule vs file's |" if per_image else ""),
              "|---|---|---|---|---|---|---|---|" + ("---|---|" if per_image else "")]
     for r in sorted(rows, key=lambda r: (r["regime"], r["steps"], r["budget"])):
-        spent = r.get("mean_full", len(r["placements"][0]) if r.get("placements") else float("nan"))
+        spent = r["mean_full"] if "mean_full" in r else float(np.mean([len(p) for p in r["placements"]]))
         lines.append(f"| {r['regime']} | {r['steps']}/{r['budget']} | {r['images']}, {r.get('seed', 0)}.. | "
                      f"{r['tau']:.3g} | {spent:.2f} | {cell(r['fd_adaptive'], r['fd_adaptive_blocks'])} | "
                      f"{cell(r['fd_paper'], r['fd_paper_blocks'])} | {against('fd_paper')} |"
