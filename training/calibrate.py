@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from shortcut_core import load_migm, load_shortcut, reveal_counts
-from shortcut_core.checkpoints import CheckpointError, rewrite_info
+from shortcut_core.checkpoints import CheckpointError, read_safetensors_metadata, rewrite_info
 from shortcut_core.placement import (REGIME_WORDS, REGIMES, masked_before, optimal_placement, placement_cost,
                                      remap_errors, sampled_with)
 from shortcut_core.schedules import full_step_indices
@@ -166,6 +166,20 @@ def recorded_settings(manifests: list[dict]) -> dict:
     they differ, since no one setting then describes the data."""
     found = [sampled_with(m.get("sampler") or {}) for m in manifests]
     return found[0] if all(f == found[0] for f in found) else {}
+
+
+def stored_placements(source: Path, target: Path, regime: str | None = None) -> tuple[Path, dict, dict]:
+    """What a writer of placements starts from: ``target`` when it exists (placements added one
+    run at a time), else ``source``; and that file's table {N: {B: steps}} and its provenance,
+    ``regime``'s own (``by_regime``) or the shared one. Both are copies the caller may change."""
+    path = target if target.is_file() else source
+    stored = (read_safetensors_metadata(path).get("info") or {}).get("placements") or {}
+    if regime is None:
+        table, provenance = stored.get("table") or {}, stored
+    else:
+        table = (stored.get("by_regime") or {}).get(regime) or {}
+        provenance = (stored.get("by_regime_source") or {}).get(regime) or {}
+    return path, {n: dict(row) for n, row in table.items()}, dict(provenance)
 
 
 def write_into(shortcut_path: Path, out: Path, placements: dict, regime: str | None = None) -> None:

@@ -40,9 +40,8 @@ import numpy as np
 import torch
 
 from shortcut_core import load_migm, load_shortcut
-from shortcut_core.checkpoints import read_safetensors_metadata
 from shortcut_core.placement import sampled_with
-from training.calibrate import write_into
+from training.calibrate import stored_placements, write_into
 from training.fmnist.ablation import quick_fd, sample_chunks
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_and_blocks, reference_stats
@@ -307,15 +306,9 @@ def write_placements(args, rows: list[dict], made_at: dict, argv) -> None:
     print(f"the rule's placements for N={args.steps}, B={args.budget}: "
           + ", ".join(f"{list(p)} in {n} chunk(s)" for p, n in votes.most_common()))
     target = Path(args.write_placements)
-    source = target if target.is_file() else Path(args.shortcut)
-    stored = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
-    if args.for_regime:  # that regime's own table, and how it was found
-        current = (stored.get("by_regime") or {}).get(args.for_regime) or {}
-        provenance = (stored.get("by_regime_source") or {}).get(args.for_regime) or {}
-    else:
-        current, provenance = stored.get("table") or {}, stored
+    source, table, provenance = stored_placements(Path(args.shortcut), target, args.for_regime)
     same_method = provenance.get("method") == RULE  # a table another method wrote is replaced, not mixed in
-    table = {n: dict(row) for n, row in current.items()} if same_method else {}
+    table = table if same_method else {}
     runs = dict(provenance.get("runs", {})) if same_method else {}
     table.setdefault(str(args.steps), {})[str(args.budget)] = list(placement)
     command = " ".join(["python -m training.fmnist.adaptive", *(argv or sys.argv[1:])])

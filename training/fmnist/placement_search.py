@@ -31,10 +31,9 @@ from pathlib import Path
 import torch
 
 from shortcut_core import load_migm, load_shortcut
-from shortcut_core.checkpoints import read_safetensors_metadata
 from shortcut_core.placement import calibrated_indices, sampled_with
 from shortcut_core.schedules import full_step_indices
-from training.calibrate import write_into
+from training.calibrate import stored_placements, write_into
 from training.fmnist.ablation import sample_chunks
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import frechet_distance_stats, image_stats
@@ -163,10 +162,10 @@ def write_searched(source: Path, target: Path, regime: str, rows: list[dict], co
     on the replicate seeds too, becomes ``regime``'s own entry for (N, B) in ``target`` (a copy of
     ``source`` when it does not exist yet); every other entry and the table's provenance stay, and
     the entry's run record says it was searched."""
-    source = target if target.is_file() else source
-    stored = (read_safetensors_metadata(source).get("info") or {}).get("placements") or {}
-    table = {n: dict(r) for n, r in ((stored.get("by_regime") or {}).get(regime) or {}).items()}
-    provenance = dict((stored.get("by_regime_source") or {}).get(regime) or {})
+    source, table, provenance = stored_placements(source, target, regime)
+    if provenance.get("sampled_with", made_at) != made_at:
+        raise ValueError(f"the file's {regime} placements were made at {provenance['sampled_with']}, the search "
+                         f"sampled at {made_at}: one table holds placements for one set of sampling settings")
     runs = dict(provenance.get("runs") or {})
     moved = [r for r in rows if r["best"] != r["start"]
              and r["replicate"]["best"] < r["replicate"]["start"]]  # the move holds on other seeds
@@ -179,9 +178,6 @@ def write_searched(source: Path, target: Path, regime: str, rows: list[dict], co
                             "to_base_before": r["to_base"][",".join(map(str, r["start"]))],
                             "to_base_paper": r["to_base"][",".join(map(str, r["paper"]))],
                             "replicate": r["replicate"]}
-    if provenance.get("sampled_with", made_at) != made_at:
-        raise ValueError(f"the file's {regime} placements were made at {provenance['sampled_with']}, the search "
-                         f"sampled at {made_at}: one table holds placements for one set of sampling settings")
     provenance.setdefault("method", METHOD)
     provenance["sampled_with"] = made_at
     write_into(source, target, {**provenance, "table": table, "runs": runs}, regime)
