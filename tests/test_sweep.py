@@ -337,6 +337,7 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
                        "--base-steps", "4", "--threads", "1", "--out", str(out)])
     (r,) = rows
     assert r["placement"] == SHIPPED_16_4
+    assert (r["images"], r["batch"], r["seed"]) == (40, 20, 7)  # what placement_room samples plain N with
     assert r["paper"]["fd"] != r["calibrated"]["fd"]
     # the same figures as scoring the images afresh: all of them, and each seed block of 20 (one chunk)
     from training.fmnist.ablation import sample_chunks
@@ -358,6 +359,46 @@ def test_placement_check_compares_the_files_placement_with_the_papers_on_other_s
     with pytest.raises(ValueError, match="no placement for N=16, B=5"):
         check_main(["--settings", "16:5", "--regimes", "uncond", "--images", "40", "--batch", "20",
                     "--base-steps", "2", "--threads", "1", "--out", str(out)])
+
+
+def test_placement_room_sets_plain_n_beside_a_checks_rows_on_the_same_seeds(tmp_path, capsys):
+    from training.fmnist.ablation import sample_chunks
+    from training.fmnist.classifier import load_classifier
+    from training.fmnist.fd import fd_fmnist, reference_stats
+    from training.fmnist.placement_room import main as room_main
+
+    # the room tool reads only these fields of a check's rows; the FDs are chosen so that the
+    # verdicts differ: plain N=4 unconditionally is far worse than 60 and far better than 900
+    rows = [{"regime": "uncond", "steps": 4, "budget": 1, "placement": [0], "images": 40, "batch": 20, "seed": 7,
+             "paper": {"fd": paper, "blocks": [paper, paper]}, "calibrated": {"fd": paper, "blocks": [paper, paper]},
+             "verdict": "within the block noise"} for paper in (60.0, 900.0)]
+    rows[1]["budget"] = 2
+    rows[1]["placement"] = [0, 2]
+    path = tmp_path / "check.json"
+    path.write_text(json.dumps(rows))
+    out = room_main(["--rows", str(path), "--threads", "1", "--out", str(tmp_path / "room")])
+    migm = load_migm(DEFAULT_MIGM)
+    images, _ = sample_chunks(migm, None, "uncond", 4, None, 40, 20, seed=7)
+    classifier = load_classifier()
+    ref = reference_stats(classifier)
+    plain = out[0]["plain"]
+    assert out[1]["plain"] == plain  # sampled once per regime and N
+    assert plain["fd"] == pytest.approx(fd_fmnist(images, classifier, ref))
+    assert plain["blocks"] == pytest.approx([fd_fmnist(images[:20], classifier, ref), fd_fmnist(images[20:], classifier, ref)])
+    assert out[0]["noise"] == pytest.approx(abs(plain["blocks"][0] - plain["blocks"][1]))
+    assert 60.0 + out[0]["noise"] < plain["fd"] < 900.0 - out[1]["noise"]
+    assert [o["room"] for o in out] == ["worse", "better"]
+    assert "| uncond | 4/2 |" in (tmp_path / "room.md").read_text()
+    with pytest.raises(SystemExit):  # plain N on other seeds than the rows' would compare nothing
+        room_main(["--rows", str(path), "--seed", "8", "--out", str(tmp_path / "x")])
+    assert "sampled with seed=7, not 8" in capsys.readouterr().err
+    for r in rows:
+        del r["seed"]
+    path.write_text(json.dumps(rows))
+    with pytest.raises(SystemExit):
+        room_main(["--rows", str(path), "--out", str(tmp_path / "x")])
+    assert "give --seed as the placement check ran" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_ablation_shows_a_placement_per_regime_when_they_differ():

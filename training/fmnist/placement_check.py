@@ -24,13 +24,13 @@ from shortcut_core.placement import calibrated_indices
 from training.fmnist.ablation import base_samples, sample_chunks, write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
-from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, verdict
+from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, fd_text, verdict
 
 
 def check(migm, shortcut, regime: str, steps: int, budget: int, images: int, batch: int, seed: int,
           classifier, ref, base) -> dict:
     """The file's placement against the paper's at (steps, budget), on the same seeds."""
-    row = {"regime": regime, "steps": steps, "budget": budget,
+    row = {"regime": regime, "steps": steps, "budget": budget, "images": images, "batch": batch, "seed": seed,
            "placement": calibrated_indices(shortcut, steps, budget, regime)}
     if row["placement"] is None:
         raise ValueError(f"the shortcut has no placement for N={steps}, B={budget} in the {regime} regime")
@@ -56,8 +56,7 @@ def markdown(rows: list[dict], args) -> str:
     for r in rows:
         p, c = r["paper"], r["calibrated"]
         lines.append(f"| {r['regime']} | {r['steps']}/{r['budget']} | {','.join(map(str, r['placement']))} | "
-                     f"{p['fd']:.2f} ({p['blocks'][0]:.1f} / {p['blocks'][1]:.1f}) | "
-                     f"{c['fd']:.2f} ({c['blocks'][0]:.1f} / {c['blocks'][1]:.1f}) | {r['noise']:.2f} | {r['verdict']} | "
+                     f"{fd_text(p)} | {fd_text(c)} | {r['noise']:.2f} | {r['verdict']} | "
                      f"{p['to_base']:.2f} | {c['to_base']:.2f} |")
     return "\n".join(lines) + "\n"
 

@@ -456,6 +456,11 @@ def verdict(t: dict) -> str:
             "worse" if t["fd_shortcut"] > t["fd_plain"] + t["noise"] else "within the block noise")
 
 
+def fd_text(m: dict) -> str:
+    """A measurement's FD with its two seed blocks, as the result tables print it."""
+    return f"{m['fd']:.2f} ({m['blocks'][0]:.1f} / {m['blocks'][1]:.1f})"
+
+
 def targets(results: list[dict]) -> dict:
     """One regime's target checks (see the module's SAME_N and EQUAL_PASSES pairs; a shortcut row swept
     with its file's calibrated placement too is judged as it ships, with that placement)."""

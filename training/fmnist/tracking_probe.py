@@ -26,7 +26,7 @@ from shortcut_core import load_migm, load_shortcut
 from training.fmnist.ablation import write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_and_blocks, reference_stats
-from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, regime_classes, to_uint8
+from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, fd_text, regime_classes, to_uint8
 
 FILLERS = ("shortcut", "cache")
 
@@ -92,7 +92,7 @@ def markdown(rows: list[dict], args) -> str:
     for r in rows:
         where = "every skipped step" if r["blend_steps"] is None else "steps " + ",".join(map(str, r["blend_steps"]))
         lines.append(f"| {r['regime']} | {r['filler']} | {r['t']:g} | {where} | {r['error_ratio']:.3f} | "
-                     f"{r['fd']:.2f} ({r['blocks'][0]:.1f} / {r['blocks'][1]:.1f}) |")
+                     f"{fd_text(r)} |")
     return "\n".join(lines) + "\n"
 
 
