@@ -401,6 +401,16 @@ def test_placement_room_sets_plain_n_beside_a_checks_rows_on_the_same_seeds(tmp_
     assert not (tmp_path / "x.json").exists()
 
 
+def test_the_second_seed_block_starts_after_half_the_chunks_and_one_chunk_is_an_error():
+    from training.fmnist.ablation import second_block_start
+
+    assert second_block_start(20000, 500) == 10000
+    assert second_block_start(1500, 500) == 500  # an odd count of chunks: the second block is the larger
+    assert second_block_start(1001, 500) == 500  # three chunks, the last cut to one image: it joins the second
+    with pytest.raises(ValueError, match="--images 500 in chunks of 500 is one seed block"):
+        second_block_start(500, 500)
+
+
 def test_ablation_shows_a_placement_per_regime_when_they_differ():
     from training.fmnist.ablation import placement_text
 

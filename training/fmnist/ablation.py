@@ -45,6 +45,16 @@ def sample_chunks(migm, shortcut, regime: str, steps: int, full, images: int, ba
     return np.concatenate(out)[:images], seconds
 
 
+def second_block_start(images: int, batch: int) -> int:
+    """Index where the second seed block of ``sample_chunks``' images begins: after half the chunks,
+    so each block holds whole chunks (whole class cycles). Fewer than two chunks is an error, as
+    there would be one block and no noise to measure."""
+    chunks = -(-images // batch)
+    if chunks < 2:
+        raise ValueError(f"--images {images} in chunks of {batch} is one seed block; give at least two chunks")
+    return chunks // 2 * batch
+
+
 def quick_fd(migm, shortcut, regime: str, steps: int, full, images: int, batch: int, classifier,
              ref, placement: str = "auto", base=None, seed: int = 0) -> tuple[float, float, float | None]:
     """(FD-FMNIST, sampling ms per image, FD to ``base``) of ``sample_chunks``' images; ``base``: the

@@ -42,7 +42,7 @@ import torch
 from shortcut_core import load_migm, load_shortcut
 from shortcut_core.placement import sampled_with
 from training.calibrate import stored_placements, write_into
-from training.fmnist.ablation import quick_fd, sample_chunks
+from training.fmnist.ablation import quick_fd, sample_chunks, second_block_start
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_and_blocks, reference_stats
 from training.fmnist.sweep import (DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, regime_classes, to_uint8,
@@ -151,9 +151,8 @@ def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, 
     """The rule vs the paper's placement (and, per image, the file's) on the same seeds (chunk k
     has seed ``seed`` + k, as the sweep's)."""
     tau, tuning_full = tune_tau(migm, shortcut, regime, steps, budget, per_image=per_image)
+    half = second_block_start(images, batch)
     chunks = -(-images // batch)
-    if chunks < 2:
-        raise ValueError(f"--images {images} in chunks of {batch} is one seed block; give at least two chunks")
     out, placements, seconds = [], [], 0.0
     for chunk in range(chunks):
         started = time.perf_counter()
@@ -165,7 +164,6 @@ def evaluate(migm, shortcut, regime: str, steps: int, budget: int, images: int, 
             placements.extend(full)
         else:
             placements.append(full)
-    half = chunks // 2 * batch
     fd_rule, blocks_rule = fd_and_blocks(np.concatenate(out)[:images], half, classifier, ref)
     paper = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement="paper", seed=seed)[0]
     fd_paper, blocks_paper = fd_and_blocks(paper, half, classifier, ref)

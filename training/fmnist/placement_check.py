@@ -21,7 +21,7 @@ import torch
 
 from shortcut_core import load_migm, load_shortcut
 from shortcut_core.placement import calibrated_indices
-from training.fmnist.ablation import base_samples, sample_chunks, write_rows
+from training.fmnist.ablation import base_samples, sample_chunks, second_block_start, write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import extract_features, feature_stats, frechet_distance_stats, halves_fd, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, block_noise, fd_text, verdict
@@ -34,7 +34,7 @@ def check(migm, shortcut, regime: str, steps: int, budget: int, images: int, bat
            "placement": calibrated_indices(shortcut, steps, budget, regime)}
     if row["placement"] is None:
         raise ValueError(f"the shortcut has no placement for N={steps}, B={budget} in the {regime} regime")
-    half = -(-images // batch) // 2 * batch
+    half = second_block_start(images, batch)
     for name in ("paper", "calibrated"):
         generated, seconds = sample_chunks(migm, shortcut, regime, steps, budget, images, batch, placement=name,
                                            seed=seed)

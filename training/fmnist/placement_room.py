@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from shortcut_core import load_migm
-from training.fmnist.ablation import sample_chunks, write_rows
+from training.fmnist.ablation import sample_chunks, second_block_start, write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_and_blocks, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, block_noise, fd_text, verdict
@@ -27,8 +27,8 @@ from training.fmnist.sweep import DEFAULT_MIGM, block_noise, fd_text, verdict
 
 def run_settings(rows: list[dict], images: int | None, batch: int | None, seed: int | None) -> tuple[int, int, int]:
     """(images, batch, seed) the check's rows were sampled with: the rows' own record, else the
-    arguments; a row recorded otherwise than the arguments is an error, as plain N would then be
-    sampled on other seeds than the rows it is set beside."""
+    arguments (batch: else the check's default, 500); a row recorded otherwise than the arguments
+    is an error, as plain N would then be sampled on other seeds than the rows it is set beside."""
     given = {"images": images, "batch": batch, "seed": seed}
     for r in rows:
         for key, value in given.items():
@@ -37,6 +37,8 @@ def run_settings(rows: list[dict], images: int | None, batch: int | None, seed: 
                                  f"leave --{key} out or give {r[key]}")
             if key in r:
                 given[key] = r[key]
+    if given["batch"] is None:
+        given["batch"] = 500
     missing = [f"--{k}" for k, v in given.items() if v is None]
     if missing:
         raise ValueError(f"the rows do not record how they were sampled; give {' and '.join(missing)} "
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--migm", default=str(DEFAULT_MIGM), help="the base model the check sampled")
     p.add_argument("--only", default="", help="comma list of regime:N:B rows to keep, e.g. cond:16:4 (default all)")
     p.add_argument("--images", type=int, help="images per row, as the check ran (read from the rows when recorded)")
-    p.add_argument("--batch", type=int, help="images per chunk, as the check ran (default: the rows', else 500)")
+    p.add_argument("--batch", type=int, help="images per chunk, as the check ran (read from the rows when recorded, else 500)")
     p.add_argument("--seed", type=int, help="first chunk's seed, as the check ran (read from the rows when recorded)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=Path("runs/fmnist/placement_room"), help="writes OUT.json and OUT.md")
@@ -85,15 +87,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not rows:
             p.error(f"no row of {args.rows} matches --only {args.only}")
     try:
-        batch_default = None if any("batch" in r for r in rows) else 500
-        images, batch, seed = run_settings(rows, args.images, args.batch or batch_default, args.seed)
+        images, batch, seed = run_settings(rows, args.images, args.batch, args.seed)
+        half = second_block_start(images, batch)
     except ValueError as err:
         p.error(str(err))
     torch.set_num_threads(args.threads)
     migm = load_migm(args.migm)
     classifier = load_classifier()
     ref = reference_stats(classifier)
-    half = -(-images // batch) // 2 * batch
     plain = {}
     out = []
     for r in rows:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from shortcut_core import load_migm, load_shortcut
-from training.fmnist.ablation import write_rows
+from training.fmnist.ablation import second_block_start, write_rows
 from training.fmnist.classifier import load_classifier
 from training.fmnist.fd import fd_and_blocks, reference_stats
 from training.fmnist.sweep import DEFAULT_MIGM, DEFAULT_SHORTCUT, REGIMES, fd_text, regime_classes, to_uint8
@@ -68,16 +68,14 @@ def blended_run(migm, shortcut, classes, *, steps: int, full_steps: list[int], t
 def probe(migm, shortcut, regime: str, *, steps: int, full_steps: list[int], t: float, filler: str, images: int,
           batch: int, seed: int, classifier, ref, blend_steps: set[int] | None = None) -> dict:
     """FD-FMNIST (all images, two seed blocks) and the per-step error ratio of one blend."""
-    chunks = -(-images // batch)
-    if chunks < 2:
-        raise ValueError(f"--images {images} in chunks of {batch} is one seed block; give at least two chunks")
+    half = second_block_start(images, batch)
     out, error, copy = [], 0.0, 0.0
-    for chunk in range(chunks):
+    for chunk in range(-(-images // batch)):
         imgs, e, c = blended_run(migm, shortcut, regime_classes(regime, batch), steps=steps, full_steps=full_steps,
                                  t=t, seed=seed + chunk, filler=filler, blend_steps=blend_steps)
         out.append(to_uint8(imgs))
         error, copy = error + e, copy + c
-    fd, blocks = fd_and_blocks(np.concatenate(out)[:images], chunks // 2 * batch, classifier, ref)
+    fd, blocks = fd_and_blocks(np.concatenate(out)[:images], half, classifier, ref)
     return {"regime": regime, "steps": steps, "full_steps": full_steps, "filler": filler, "t": t,
             "blend_steps": None if blend_steps is None else sorted(blend_steps), "fd": fd, "blocks": blocks,
             "error_ratio": error / copy if copy else None}
